@@ -1,0 +1,31 @@
+"""kquant_codec: k-means colour quantization, a Pillow filter, and the compact ``.kq`` palette format.
+
+    from kquant_codec import KMeansQuantize
+    out = img.filter(KMeansQuantize(8))            # rgb mode, at most 8 colours
+
+Importing the package registers the ``.kq`` format with Pillow and imageio.
+"""
+
+from __future__ import annotations
+
+from .filter import KMeansQuantize
+from .metrics import absolute_error, error_report, l2_error, mse, psnr, squared_error
+from .quantize import QuantizedImage, fit_image, quantize_image
+from .quantizer import MODES, KMeansQuantizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KMeansQuantize",
+    "KMeansQuantizer",
+    "MODES",
+    "QuantizedImage",
+    "fit_image",
+    "quantize_image",
+    "absolute_error",
+    "squared_error",
+    "l2_error",
+    "mse",
+    "psnr",
+    "error_report",
+]

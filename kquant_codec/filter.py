@@ -1,0 +1,63 @@
+"""``KMeansQuantize``: the learner as a Pillow filter, for ``img.filter(KMeansQuantize(8))``."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from .pixels import check_image_mode
+from .quantize import check_alpha, quantize_image
+from .quantizer import KMeansQuantizer, check_k, check_mode
+
+__all__ = ["KMeansQuantize"]
+
+
+def image_from_core(core) -> Image.Image:
+    """Wrap a Pillow core image (what ``Image.filter`` hands a filter) in an ``Image``.
+
+    Pillow has no public way to do this; ``Image._new`` is what it uses itself. Kept in this one helper
+    (and tested) so that a change in Pillow breaks exactly one place.
+    """
+    return Image.Image()._new(core)
+
+
+class KMeansQuantize(ImageFilter.MultibandFilter):
+    """Pillow filter: redraw the image from at most ``k`` centroids learned by k-means.
+
+    ``img.filter(KMeansQuantize(8, mode="rgb"))`` returns an image of the same mode and size.
+    Parameters are those of ``KMeansQuantizer`` (``k``, ``mode``, ``seed``) plus ``alpha``:
+    "keep" (default) keeps an alpha band exact, "quantize" makes it part of the centroids.
+
+    A palette ("P") image keeps its index band and gets its palette entries replaced by their
+    centroids, so transparency by palette index keeps working.
+    """
+
+    name = "KMeansQuantize"
+
+    def __init__(self, k: int = 8, mode: str = "rgb", seed: int = 0, alpha: str = "keep") -> None:
+        self.k = check_k(k)
+        self.mode = check_mode(mode)
+        self.seed = seed
+        self.alpha = check_alpha(alpha)
+
+    def filter(self, image):  # noqa: A003 - the name Pillow calls
+        img = image_from_core(image)
+        check_image_mode(img.mode)
+        if img.mode == "P":
+            return self._filter_palette(img).im
+        return quantize_image(img, self.k, self.mode, seed=self.seed, alpha=self.alpha).im
+
+    def _filter_palette(self, img: Image.Image) -> Image.Image:
+        indices = np.asarray(img)
+        palette = np.frombuffer(img.im.getpalette("RGB", "RGB"), dtype=np.uint8).reshape(-1, 3)
+        counts = np.bincount(indices.reshape(-1), minlength=palette.shape[0])[: palette.shape[0]]
+        entries = palette[None, :, :]
+        quantizer = KMeansQuantizer(self.k, self.mode, seed=self.seed).fit(entries, sample_weight=counts[None, :])
+        new_palette = quantizer.transform(entries)[0]
+        out = Image.frombytes("P", img.size, np.ascontiguousarray(indices).tobytes())
+        out.putpalette(new_palette.tobytes(), "RGB")
+        out.load()
+        return out
+
+    def __repr__(self) -> str:
+        return f"KMeansQuantize(k={self.k!r}, mode={self.mode!r}, seed={self.seed!r}, alpha={self.alpha!r})"

@@ -1,0 +1,98 @@
+"""Pillow images to sample arrays and back: which bands are colour, which is alpha, which modes we take.
+
+The learner sees only (H, W, C) uint8 colour samples; this module decides what those are for each
+Pillow mode and rebuilds an image of the original mode afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["SplitImage", "split_image", "join_image", "SUPPORTED_MODES", "check_image_mode"]
+
+# Pillow modes whose bands are all 8-bit; the alpha band, if any, is last.
+_COLOUR_MODES = {"L": 1, "RGB": 3, "CMYK": 4, "YCbCr": 3, "LAB": 3, "HSV": 3}
+_ALPHA_MODES = {"LA": 1, "RGBA": 3}
+SUPPORTED_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def check_image_mode(mode: str) -> None:
+    """Raise a ``ValueError`` naming ``mode`` when it is not one the quantizer handles."""
+    if mode not in SUPPORTED_MODES:
+        raise ValueError(
+            f"image mode {mode!r} is not supported (16-bit, 32-bit and float images have more than 256 levels "
+            f"per channel); convert it to 'L', 'RGB' or 'RGBA' first. Supported modes: {', '.join(SUPPORTED_MODES)}"
+        )
+
+
+@dataclass
+class SplitImage:
+    """An image taken apart for quantization.
+
+    colour : (H, W, C) uint8, the channels to quantize.
+    alpha : (H, W) uint8 or None, the alpha band kept aside (None when the mode has none, or when alpha
+        is quantized with the colour channels).
+    mode : the Pillow mode of the original image.
+    """
+
+    colour: np.ndarray
+    alpha: np.ndarray | None
+    mode: str
+
+
+def _array(img: Image.Image) -> np.ndarray:
+    arr = np.asarray(img)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def split_image(img: Image.Image, alpha: str = "keep") -> SplitImage:
+    """Take a Pillow image apart into colour samples and (optionally) an exact alpha band.
+
+    alpha="keep": the alpha band (LA, RGBA) is set aside and restored exactly by ``join_image``.
+    alpha="quantize": alpha is the last colour channel and is quantized with the others.
+    Palette images are expanded to their colours (P -> RGB, or RGBA when the palette has transparency);
+    "1" images become L (0 or 255).
+    """
+    mode = img.mode
+    check_image_mode(mode)
+    if mode == "1":
+        work = img.convert("L")
+    elif mode == "P":
+        has_alpha = "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")
+        work = img.convert("RGBA" if has_alpha else "RGB")
+    else:
+        work = img
+    arr = _array(work)
+    if work.mode in _ALPHA_MODES and alpha == "keep":
+        return SplitImage(np.ascontiguousarray(arr[:, :, :-1]), np.ascontiguousarray(arr[:, :, -1]), mode)
+    return SplitImage(np.ascontiguousarray(arr), None, mode)
+
+
+def join_image(colour: np.ndarray, alpha: np.ndarray | None, mode: str) -> Image.Image:
+    """Rebuild an image of Pillow ``mode`` from (H, W, C) uint8 colour samples and an optional alpha band.
+
+    For "P" the result is a palette image whose palette holds exactly the colours used.
+    """
+    h, w, channels = colour.shape
+    bands = colour if alpha is None else np.concatenate([colour, alpha[:, :, None]], axis=2)
+    if mode == "P":
+        return _to_palette(bands)
+    if mode == "1":
+        return Image.frombytes("L", (w, h), bands.tobytes()).convert("1", dither=Image.Dither.NONE)
+    return Image.frombytes(mode, (w, h), np.ascontiguousarray(bands).tobytes())
+
+
+def _to_palette(bands: np.ndarray) -> Image.Image:
+    """A "P" image from (H, W, 3 or 4) samples with at most 256 distinct colours."""
+    h, w, channels = bands.shape
+    flat = bands.reshape(-1, channels)
+    colours, inverse = np.unique(flat, axis=0, return_inverse=True)
+    if colours.shape[0] > 256:
+        raise ValueError(f"a palette image holds at most 256 colours, got {colours.shape[0]}")
+    out = Image.frombytes("P", (w, h), inverse.reshape(-1).astype(np.uint8).tobytes())
+    palette_mode = "RGBA" if channels == 4 else "RGB"
+    out.putpalette(colours.astype(np.uint8).tobytes(), palette_mode)
+    return out

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kquant_codec import absolute_error, l2_error, mse, psnr, squared_error
+
+
+def test_no_uint8_wraparound():
+    a = np.array([[0, 255]], dtype=np.uint8)
+    b = np.array([[255, 0]], dtype=np.uint8)
+    assert absolute_error(a, b) == 510
+    assert squared_error(a, b) == 2 * 255**2
+    assert l2_error(a, b) == pytest.approx(math.sqrt(2) * 255)
+    assert mse(a, b) == 255**2
+
+
+def test_against_float_reference():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    d = a.astype(float) - b.astype(float)
+    assert absolute_error(a, b) == np.abs(d).sum()
+    assert l2_error(a, b) == pytest.approx(np.linalg.norm(d.ravel()))
+    assert mse(a, b) == pytest.approx((d**2).mean())
+    assert psnr(a, b) == pytest.approx(10 * np.log10(255**2 / (d**2).mean()))
+
+
+def test_identical_images_have_infinite_psnr():
+    a = np.zeros((3, 3), np.uint8)
+    assert psnr(a, a) == math.inf and mse(a, a) == 0.0
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="differ in shape"):
+        mse(np.zeros((2, 2)), np.zeros((2, 3)))

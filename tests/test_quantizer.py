@@ -1,0 +1,185 @@
+"""The learner and the Pillow filter: modes, image modes, exactness, determinism, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import kquant_codec as kq
+from kquant_codec import KMeansQuantize, KMeansQuantizer
+from kquant_codec.filter import image_from_core
+
+from .conftest import synthetic_images
+
+SYNTHETIC = synthetic_images()
+
+
+def colours(img: Image.Image) -> np.ndarray:
+    arr = np.asarray(img.convert("RGB")).reshape(-1, 3)
+    return np.unique(arr, axis=0)
+
+
+# --- rgb mode against scikit-learn ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("photo", "k"), [("china", 8), ("china", 32), ("flower", 16)])
+def test_rgb_mse_no_worse_than_sklearn_kmeans_on_raw_pixels(request, photo, k):
+    """The seed tutorial's way: scikit-learn KMeans on every raw pixel (its float centres, unrounded)."""
+    from sklearn.cluster import KMeans
+
+    img = request.getfixturevalue(photo)
+    pixels = np.asarray(img).reshape(-1, 3).astype(np.float64)
+    ref = KMeans(n_clusters=k, random_state=0, n_init=1).fit(pixels)
+    ref_mse = ref.inertia_ / pixels.size
+    ours = kq.mse(img, img.filter(KMeansQuantize(k)))
+    assert ours <= ref_mse * 1.02, (ours, ref_mse)
+
+
+def test_rgb_assigns_each_pixel_to_its_nearest_rounded_centroid(china_small):
+    q = KMeansQuantizer(k=12).fit(np.asarray(china_small))
+    labels = q.predict(np.asarray(china_small))
+    pix = np.asarray(china_small).reshape(-1, 3).astype(np.int64)
+    table = q.centroids_.astype(np.int64)
+    d = ((pix[:, None, :] - table[None, :, :]) ** 2).sum(axis=2)
+    assert q.centroids_.dtype == np.uint8 and table.shape == (12, 3)
+    np.testing.assert_array_equal(labels.reshape(-1), np.argmin(d, axis=1))
+    assert q.inertia_ == int(d.min(axis=1).sum())
+
+
+def test_rgb_few_colours_is_lossless_and_exact_palette():
+    img = SYNTHETIC["few_colours"].convert("RGB")
+    out = img.filter(KMeansQuantize(8))
+    assert out.tobytes() == img.tobytes()
+    q = KMeansQuantizer(k=3).fit(np.asarray(img))
+    assert sorted(map(tuple, q.centroids_.tolist())) == sorted(map(tuple, colours(img).tolist()))
+
+
+def test_rgb_is_deterministic_and_seed_matters(china_small):
+    arr = np.asarray(china_small)
+    a = KMeansQuantizer(k=16, seed=3).fit(arr).centroids_
+    b = KMeansQuantizer(k=16, seed=3).fit(arr).centroids_
+    np.testing.assert_array_equal(a, b)
+
+
+# --- 1-D modes -----------------------------------------------------------------------------------
+
+
+def test_global_uses_at_most_k_levels_shared_by_channels(china):
+    out = np.asarray(china.filter(KMeansQuantize(8, mode="global")))
+    assert np.unique(out).size <= 8
+    q = KMeansQuantizer(k=8, mode="global").fit(np.asarray(china))
+    assert set(np.unique(out).tolist()) <= set(q.centroids_.tolist())
+
+
+def test_channel_uses_at_most_k_levels_per_channel(china):
+    out = np.asarray(china.filter(KMeansQuantize(4, mode="channel")))
+    for c in range(3):
+        assert np.unique(out[:, :, c]).size <= 4
+    assert np.unique(out).size > 4  # the channels really have tables of their own
+
+
+def test_channel_mode_is_exact_per_channel(china):
+    from kquant_codec.kmeans1d import optimal_levels
+
+    arr = np.asarray(china)
+    q = KMeansQuantizer(k=5, mode="channel").fit(arr)
+    for c in range(3):
+        hist = np.bincount(arr[:, :, c].ravel(), minlength=256)
+        np.testing.assert_array_equal(q.centroids_[c], optimal_levels(hist, 5))
+
+
+def test_predict_reconstruct_roundtrip_shapes(china_small):
+    arr = np.asarray(china_small)
+    for mode, shape in [("rgb", arr.shape[:2]), ("global", arr.shape), ("channel", arr.shape)]:
+        q = KMeansQuantizer(k=6, mode=mode).fit(arr)
+        labels = q.predict(arr)
+        assert labels.dtype == np.uint8 and labels.shape == shape
+        np.testing.assert_array_equal(q.reconstruct(labels), q.transform(arr))
+
+
+# --- image modes through the filter -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC))
+@pytest.mark.parametrize("mode", kq.MODES)
+def test_filter_keeps_mode_and_size(name, mode):
+    img = SYNTHETIC[name]
+    k = 3
+    out = img.filter(KMeansQuantize(k, mode=mode))
+    assert out.mode == img.mode and out.size == img.size
+    if mode == "rgb":
+        assert colours(out).shape[0] <= k
+    if img.mode in ("RGBA", "LA"):
+        np.testing.assert_array_equal(np.asarray(out)[:, :, -1], np.asarray(img)[:, :, -1])
+
+
+def test_palette_image_keeps_indices_and_gets_k_colours():
+    img = SYNTHETIC["palette"]
+    out = img.filter(KMeansQuantize(5))
+    assert out.mode == "P"
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(img))
+    assert colours(out).shape[0] <= 5
+    # the same as quantizing its RGB expansion: k-means on palette entries weighted by use
+    direct = img.convert("RGB").filter(KMeansQuantize(5))
+    np.testing.assert_array_equal(np.asarray(out.convert("RGB")), np.asarray(direct))
+
+
+def test_alpha_quantize_option_puts_alpha_in_the_palette():
+    img = SYNTHETIC["noise_rgba"]
+    out = img.filter(KMeansQuantize(4, alpha="quantize"))
+    assert np.unique(np.asarray(out).reshape(-1, 4), axis=0).shape[0] <= 4
+
+
+def test_filter_class_without_arguments_works():
+    img = SYNTHETIC["noise_rgb"]
+    assert colours(img.filter(KMeansQuantize)).shape[0] <= 8
+
+
+def test_empty_and_tiny_images():
+    for size in [(0, 0), (0, 5), (5, 0), (1, 1)]:
+        img = Image.new("RGB", size, (9, 8, 7))
+        for mode in kq.MODES:
+            out = img.filter(KMeansQuantize(4, mode=mode))
+            assert out.size == size and out.mode == "RGB"
+            assert out.tobytes() == img.tobytes()
+
+
+def test_image_from_core_wraps_pillow_core():
+    img = SYNTHETIC["noise_rgb"]
+    wrapped = image_from_core(img.im)
+    assert wrapped.mode == "RGB" and wrapped.size == img.size
+    assert wrapped.tobytes() == img.tobytes()
+
+
+# --- bad parameters and modes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, 257, -1, 2.5, "8", True, None])
+def test_bad_k_is_a_value_error_naming_k(k):
+    with pytest.raises(ValueError, match="k must be an integer from 1 to 256"):
+        KMeansQuantize(k)
+    with pytest.raises(ValueError, match="k must be"):
+        KMeansQuantizer(k=k).fit(np.zeros((2, 2, 3), np.uint8))
+
+
+def test_bad_mode_and_alpha_are_value_errors():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        KMeansQuantize(8, mode="lab")
+    with pytest.raises(ValueError, match="alpha must be one of"):
+        KMeansQuantize(8, alpha="drop")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_unsupported_image_modes_name_the_mode(mode):
+    img = Image.new(mode, (4, 4))
+    with pytest.raises(ValueError, match=f"image mode '{mode}' is not supported"):
+        img.filter(KMeansQuantize(4))
+
+
+def test_k_1_and_k_256_everywhere(china_small):
+    for mode in kq.MODES:
+        for k in (1, 256):
+            out = china_small.filter(KMeansQuantize(k, mode=mode))
+            assert out.size == china_small.size
+    assert colours(china_small.filter(KMeansQuantize(1))).shape[0] == 1
