@@ -1,27 +1,14 @@
-# Two commands on a fresh machine with Python 3.11+:  `make demo`  and  `make test`.
-# Each creates .venv and installs the project into it (editable) before running.
-PYTHON ?= python3
-VENV ?= .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Shortcuts for the README's two commands (which need only Python 3.11+, not make).
+.PHONY: demo test bench-quantizers clean
 
-.PHONY: demo test lint bench-quantizers clean
+demo:
+	python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/kquant demo
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
-	touch $(STAMP)
+test:
+	python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest
 
-demo: $(STAMP)
-	$(BIN)/kquant demo
-
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
-
-bench-quantizers: $(STAMP)
-	$(BIN)/python benchmarks/quantizers.py
+bench-quantizers:
+	.venv/bin/python benchmarks/quantizers.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf .venv build *.egg-info

@@ -1,13 +1,36 @@
-"""The ``kquant`` command line. Uses only the package's public API."""
+"""The ``kquant`` command line: encode, decode, info, bench and demo. Uses only the package's public API.
+
+Exit codes: 0 success; 1 internal failure; 2 usage error; 3 input missing, unreadable or not a valid
+image; 4 output refused (exists without --force, is the input) or cannot be written; 130 interrupted.
+Errors are one line on stderr, never a traceback (set KQUANT_DEBUG=1 to see one).
+"""
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import os
 import sys
 import time
+from pathlib import Path
 
 EXIT_OK = 0
+EXIT_INTERNAL = 1
 EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_OUTPUT = 4
+EXIT_INTERRUPTED = 130
+
+MODES = ("rgb", "global", "channel")
+
+
+class CliError(Exception):
+    """An error to report in one line, with the exit code to leave with."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _sample_image(name: str = "china.jpg"):
@@ -18,37 +41,238 @@ def _sample_image(name: str = "china.jpg"):
     return Image.fromarray(load_sample_image(name))
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Quantize a bundled photo in every mode and print k, mode, error and time."""
+def _open_input(path: str):
+    """Open and load an image, turning every failure into a one-line input error."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise CliError(f"{path}: no such file", EXIT_INPUT)
+    if p.is_dir():
+        raise CliError(f"{path}: is a directory", EXIT_INPUT)
+    try:
+        img = Image.open(p)
+        img.load()
+    except UnidentifiedImageError:
+        raise CliError(f"{path}: not an image format this tool can read", EXIT_INPUT) from None
+    except Image.DecompressionBombError as exc:
+        raise CliError(f"{path}: {exc}", EXIT_INPUT) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise CliError(f"{path}: cannot read image: {exc}", EXIT_INPUT) from None
+    return img
+
+
+def _write_image(img, output: str, *, force: bool, inputs: tuple, fmt: str | None = None, **options) -> int:
+    """Save ``img`` atomically to ``output``; returns the bytes written."""
+    from PIL import Image
+
+    from kquant_codec.safe_write import OutputExistsError, atomic_output, check_output_path
+
+    try:
+        check_output_path(output, force=force, inputs=inputs)
+    except OutputExistsError as exc:
+        raise CliError(str(exc), EXIT_OUTPUT) from None
+    if fmt is None:
+        ext = Path(output).suffix.lower()
+        fmt = Image.registered_extensions().get(ext)
+        if fmt is None:
+            raise CliError(f"{output}: unknown output format {ext or '(no extension)'!r}", EXIT_USAGE)
+    # Encode in memory first: a failing encoder then leaves nothing behind at all.
+    buf = io.BytesIO()
+    try:
+        img.save(buf, format=fmt, **options)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"{output}: cannot write {fmt}: {exc}", EXIT_OUTPUT) from None
+    try:
+        with atomic_output(output, force=force) as fh:
+            fh.write(buf.getbuffer())
+    except OutputExistsError as exc:
+        raise CliError(str(exc), EXIT_OUTPUT) from None
+    except OSError as exc:
+        raise CliError(f"{output}: cannot write: {exc.strerror or exc}", EXIT_OUTPUT) from None
+    return buf.tell()
+
+
+def _fmt_ratio(x: float) -> str:
+    return f"{x:.2f}x"
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
     import kquant_codec as kq
 
-    img = _sample_image(args.image)
-    print(f"{args.image}: {img.size[0]}x{img.size[1]} {img.mode} (bundled with scikit-learn)")
-    print(f"{'mode':8} {'k':>4} {'colours':>8} {'MSE':>9} {'PSNR dB':>8} {'time s':>7}")
-    for mode in kq.MODES:
-        for k in args.k:
-            start = time.perf_counter()
-            out = img.filter(kq.KMeansQuantize(k, mode=mode))
-            seconds = time.perf_counter() - start
-            colours = len(out.getcolors(1 << 24))
-            print(f"{mode:8} {k:4d} {colours:8d} {kq.mse(img, out):9.2f} {kq.psnr(img, out):8.2f} {seconds:7.2f}")
+    img = _open_input(args.input)
+    start = time.perf_counter()
+    options = {"mode": args.mode, "seed": args.seed, "alpha": args.alpha}
+    if args.k is not None:
+        options["k"] = args.k
+    size = _write_image(img, args.output, force=args.force, inputs=(args.input,), fmt="KQ", **options)
+    seconds = time.perf_counter() - start
+    info = kq.kq_info(args.output)
+    in_size = Path(args.input).stat().st_size
+    print(
+        f"{args.output}: {size} bytes, {info.width}x{info.height} {info.image_mode}, "
+        f"mode {info.quant_mode}, {info.payload} payload, {in_size / max(size, 1):.2f}x smaller than "
+        f"{Path(args.input).name} ({in_size} bytes), {seconds:.2f} s"
+    )
     return EXIT_OK
 
 
+def cmd_decode(args: argparse.Namespace) -> int:
+    from kquant_codec.pixels import as_palette_image
+
+    img = _open_input(args.input)
+    ext = Path(args.output).suffix.lower()
+    if ext == ".png":
+        img = as_palette_image(img) or img  # an indexed PNG whenever the pixels allow one
+        size = _write_image(img, args.output, force=args.force, inputs=(args.input,), fmt="PNG", optimize=True)
+    else:
+        size = _write_image(img, args.output, force=args.force, inputs=(args.input,))
+    print(f"{args.output}: {size} bytes, {img.size[0]}x{img.size[1]} {img.mode}")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import kquant_codec as kq
+    from kquant_codec.measure import png_bytes
+
+    _open_input(args.input)  # proves the whole file decodes (CRC included) before we report on it
+    info = kq.kq_info(args.input)
+    facts = dict(info.as_dict()) if hasattr(info, "as_dict") else dict(vars(info))
+    from PIL import Image
+
+    with Image.open(args.input) as img:
+        png = png_bytes(img)
+    facts["png_bytes"] = png
+    facts["ratio_vs_png"] = png / max(info.file_bytes, 1)
+    if args.json:
+        print(json.dumps(facts, indent=2, default=str))
+        return EXIT_OK
+    width = max(len(key) for key in facts)
+    for key, value in facts.items():
+        shown = f"{value:.3f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kquant_codec.measure import bench_image
+
+    img = _open_input(args.input) if args.input else _sample_image()
+    name = args.input or "china.jpg (bundled with scikit-learn)"
+    rows = bench_image(img, args.k, args.mode, seed=args.seed)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return EXIT_OK
+    print(f"{name}: {img.size[0]}x{img.size[1]} {img.mode}; PNG of the original: {rows[0].png_original_bytes} bytes")
+    print("ratio = PNG bytes / .kq bytes (above 1: .kq is smaller); qPNG = palette PNG of the quantized pixels")
+    header = (
+        f"{'mode':8} {'k':>4} {'.kq bytes':>10} {'payload':>7} {'qPNG bytes':>10} {'vs PNG':>7} {'vs qPNG':>7} "
+        f"{'L1':>11} {'L2':>9} {'MSE':>8} {'PSNR dB':>7} {'time s':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r.mode:8} {r.k:4d} {r.kq_bytes:10d} {r.payload:>7} {r.png_quantized_bytes:10d} "
+            f"{_fmt_ratio(r.ratio_vs_original_png):>7} {_fmt_ratio(r.ratio_vs_quantized_png):>7} "
+            f"{r.l1:11d} {r.l2:9.1f} {r.mse:8.2f} {r.psnr:7.2f} {r.seconds:6.2f}"
+        )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Quantize a bundled photo in every mode; print k, mode, error, .kq size and time."""
+    from kquant_codec.measure import bench_image
+
+    img = _sample_image(args.image)
+    print(f"{args.image}: {img.size[0]}x{img.size[1]} {img.mode} (bundled with scikit-learn, no download)")
+    rows = bench_image(img, args.k, list(MODES))
+    print(f"PNG of the original: {rows[0].png_original_bytes} bytes")
+    print(f"{'mode':8} {'k':>4} {'MSE':>8} {'PSNR dB':>8} {'.kq bytes':>10} {'vs PNG':>7} {'time s':>7}")
+    for r in rows:
+        print(
+            f"{r.mode:8} {r.k:4d} {r.mse:8.2f} {r.psnr:8.2f} {r.kq_bytes:10d} "
+            f"{_fmt_ratio(r.ratio_vs_original_png):>7} {r.seconds:7.2f}"
+        )
+    return EXIT_OK
+
+
+# --- parser ------------------------------------------------------------------------------------------
+
+
+def _k_value(text: str) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"k must be an integer from 1 to 256, got {text!r}") from None
+    if not 1 <= k <= 256:
+        raise argparse.ArgumentTypeError(f"k must be an integer from 1 to 256, got {k}")
+    return k
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kquant", description="k-means colour quantization and the .kq format")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="quantize a bundled sample photo in every mode and print the errors")
+    parser = argparse.ArgumentParser(
+        prog="kquant", description="k-means colour quantization and the compact .kq palette image format"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    enc = sub.add_parser("encode", help="quantize an image and write a .kq file")
+    enc.add_argument("input", help="any image Pillow can read")
+    enc.add_argument("output", help="the .kq file to write")
+    enc.add_argument("-k", type=_k_value, default=None, help="number of centroids, 1..256 (default: lossless)")
+    enc.add_argument("--mode", choices=MODES, default="rgb", help="quantization mode (default: rgb)")
+    enc.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
+    enc.add_argument("--alpha", choices=("keep", "quantize"), default="keep", help="alpha kept exact or quantized")
+    enc.add_argument("--force", action="store_true", help="overwrite an existing output")
+    enc.set_defaults(func=cmd_encode)
+
+    dec = sub.add_parser("decode", help="decode a .kq file to another format (indexed PNG when possible)")
+    dec.add_argument("input", help="the .kq file")
+    dec.add_argument("output", help="output image; the format follows the extension")
+    dec.add_argument("--force", action="store_true", help="overwrite an existing output")
+    dec.set_defaults(func=cmd_decode)
+
+    info = sub.add_parser("info", help="describe a .kq file: size, mode, k, payload, ratio against PNG")
+    info.add_argument("input")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser("bench", help="size against PNG, error and time for each mode and k")
+    bench.add_argument("input", nargs="?", help="image to measure (default: china.jpg from scikit-learn)")
+    bench.add_argument("-k", type=_k_value, nargs="+", default=[2, 4, 8, 16, 32, 64, 128, 256])
+    bench.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.set_defaults(func=cmd_bench)
+
+    demo = sub.add_parser("demo", help="quantize a bundled sample photo in every mode and print the results")
     demo.add_argument("--image", default="china.jpg", choices=["china.jpg", "flower.jpg"])
-    demo.add_argument("-k", type=int, nargs="+", default=[2, 8, 32, 256])
+    demo.add_argument("-k", type=_k_value, nargs="+", default=[2, 8, 32, 256])
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"kquant: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("kquant: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug: still one line, unless debugging
+        if os.environ.get("KQUANT_DEBUG"):
+            raise
+        print(f"kquant: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -96,3 +96,19 @@ def _to_palette(bands: np.ndarray) -> Image.Image:
     palette_mode = "RGBA" if channels == 4 else "RGB"
     out.putpalette(colours.astype(np.uint8).tobytes(), palette_mode)
     return out
+
+
+def as_palette_image(img: Image.Image) -> Image.Image | None:
+    """The same pixels as an exact "P" image (palette trimmed to the colours used), or None.
+
+    None when the image has more than 256 distinct colours or a mode a palette cannot hold exactly
+    (palette entries are RGB or RGBA). "P" images are returned as they are.
+    """
+    if img.mode == "P":
+        return img
+    if img.mode not in ("L", "LA", "RGB", "RGBA"):
+        return None
+    if img.getcolors(256) is None:
+        return None
+    target = "RGBA" if img.mode in ("LA", "RGBA") else "RGB"
+    return _to_palette(_array(img.convert(target)))

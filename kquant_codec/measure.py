@@ -1,0 +1,84 @@
+"""Measurement: sizes against PNG, errors and times for a grid of k and modes (what ``kquant bench`` prints)."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict, dataclass
+
+from PIL import Image
+
+from .filter import KMeansQuantize
+from .metrics import absolute_error, l2_error, mse, psnr
+from .pixels import as_palette_image
+
+__all__ = ["png_bytes", "BenchRow", "bench_image"]
+
+
+def png_bytes(img: Image.Image, palette: bool = True) -> int:
+    """Bytes of Pillow's PNG of ``img`` (``optimize=True``); a palette PNG when ``palette`` and it fits."""
+    target = (as_palette_image(img) if palette else None) or img
+    buf = io.BytesIO()
+    target.save(buf, format="PNG", optimize=True)
+    return buf.tell()
+
+
+@dataclass
+class BenchRow:
+    """One cell of the benchmark grid. Sizes in bytes, errors over all samples, time in seconds."""
+
+    mode: str
+    k: int
+    kq_bytes: int
+    payload: str
+    png_original_bytes: int
+    png_quantized_bytes: int
+    ratio_vs_original_png: float
+    ratio_vs_quantized_png: float
+    l1: int
+    l2: float
+    mse: float
+    psnr: float
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_image(img: Image.Image, ks: list[int], modes: list[str], seed: int = 0) -> list[BenchRow]:
+    """Quantize ``img`` at every k and mode, store it as ``.kq``, and compare against PNG.
+
+    Time covers quantization plus writing the ``.kq`` bytes. Ratios are PNG bytes / ``.kq`` bytes
+    (above 1 means ``.kq`` is smaller).
+    """
+    from . import kq_info  # the container API, registered with Pillow on package import
+
+    original_png = png_bytes(img, palette=False)
+    rows = []
+    for mode in modes:
+        for k in ks:
+            start = time.perf_counter()
+            quantized = img.filter(KMeansQuantize(k, mode=mode, seed=seed))
+            buf = io.BytesIO()
+            quantized.save(buf, format="KQ", mode=mode)
+            seconds = time.perf_counter() - start
+            data = buf.getvalue()
+            quantized_png = png_bytes(quantized)
+            rows.append(
+                BenchRow(
+                    mode=mode,
+                    k=k,
+                    kq_bytes=len(data),
+                    payload=kq_info(data).payload,
+                    png_original_bytes=original_png,
+                    png_quantized_bytes=quantized_png,
+                    ratio_vs_original_png=original_png / len(data),
+                    ratio_vs_quantized_png=quantized_png / len(data),
+                    l1=absolute_error(img, quantized),
+                    l2=l2_error(img, quantized),
+                    mse=mse(img, quantized),
+                    psnr=psnr(img, quantized),
+                    seconds=seconds,
+                )
+            )
+    return rows
