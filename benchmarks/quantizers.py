@@ -49,7 +49,9 @@ def main() -> None:
     arr = load_sample_image(args.image)
     img = Image.fromarray(arr)
     print(f"{args.image}: {img.size[0]}x{img.size[1]} RGB; MSE per sample; times in seconds")
-    print(f"{'mode':8} {'k':>4} | {'kquant MSE':>10} {'time':>6} | {'MiniBatch MSE':>13} {'time':>6} | {'MSE ratio':>9}")
+    print(
+        f"{'mode':8} {'k':>4} | {'kquant MSE':>10} {'time':>6} | {'MiniBatch MSE':>13} {'time':>6} | {'MSE ratio':>9}"
+    )
     for mode in args.modes:
         for k in args.k:
             start = time.perf_counter()
