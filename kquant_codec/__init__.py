@@ -8,7 +8,13 @@ Importing the package registers the ``.kq`` format with Pillow and imageio.
 
 from __future__ import annotations
 
+from .container import KqFormatError, KqHeader
+from .decoder import KqImage, KqInfo, kq_info, read_kq
+from .encoder import encode_image
 from .filter import KMeansQuantize
+from .imageio_plugin import register_imageio
+from .kq_plugin import KqImageFile
+from .kq_plugin import register as register_pillow
 from .metrics import absolute_error, error_report, l2_error, mse, psnr, squared_error
 from .quantize import QuantizedImage, fit_image, quantize_image
 from .quantizer import MODES, KMeansQuantizer
@@ -28,4 +34,22 @@ __all__ = [
     "mse",
     "psnr",
     "error_report",
+    "KqFormatError",
+    "KqHeader",
+    "KqImage",
+    "KqInfo",
+    "KqImageFile",
+    "kq_info",
+    "read_kq",
+    "encode_image",
+    "register",
 ]
+
+
+def register() -> None:
+    """Register the ``.kq`` format with Pillow and (when installed) imageio. Idempotent; done on import."""
+    register_pillow()
+    register_imageio()
+
+
+register()

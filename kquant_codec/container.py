@@ -1,0 +1,651 @@
+"""The ``.kq`` v1 container: bytes <-> structure, with no knowledge of Pillow.
+
+Everything here follows ``spec/kq-format.md``; numpy and the standard library only.
+
+A file is::
+
+    header block  = fixed header (44 bytes) + centroid table bytes
+    header CRC    = CRC-32 of the header block (u32, little-endian)
+    label stream  = ``label_length`` bytes, compressed with ``label_codec``  (PNG payload: the PNG stream)
+    alpha stream  = ``alpha_length`` bytes, compressed with ``alpha_codec``  (only when alpha is a plane)
+    payload CRC   = CRC-32 of label stream + alpha stream (u32, little-endian)
+
+Every malformed input raises ``KqFormatError`` (an ``OSError``) with a message naming what is wrong;
+decompression is always capped at the size the header implies.
+"""
+
+from __future__ import annotations
+
+import lzma
+import struct
+import zlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+__all__ = [
+    "KqFormatError",
+    "KqHeader",
+    "MAGIC",
+    "FIXED_HEADER_SIZE",
+    "VERSION",
+    "MAX_SIDE",
+    "MAX_PIXELS",
+    "IMAGE_MODES",
+    "NATIVE_MODES",
+    "PNG_MODES",
+    "COLOUR_CHANNELS",
+    "QUANT_MODES",
+    "ALPHA_KINDS",
+    "CODEC_STORED",
+    "CODEC_ZLIB",
+    "CODEC_LZMA2",
+    "CODEC_NAMES",
+    "header_length",
+    "unpack_header",
+    "pack_file",
+    "split_payload",
+    "decode_payload",
+    "compress",
+    "decompress",
+    "plane_depth",
+    "row_bytes",
+    "pack_plane",
+    "unpack_plane",
+    "labels_to_stream",
+    "stream_to_labels",
+    "lzma2_dict_size",
+]
+
+
+class KqFormatError(OSError):
+    """The bytes are not a valid ``.kq`` v1 file: bad magic, bad field, CRC mismatch, truncation, bad payload.
+
+    An ``OSError`` like Pillow's own "broken data stream" errors, so ``except OSError`` catches both.
+    """
+
+
+MAGIC = b"\x89KQI\r\n\x1a\n"
+VERSION = 1
+FIXED_HEADER_SIZE = 44
+_FIXED = struct.Struct("<8sBBBBBBBBIIBBHII4H")
+assert _FIXED.size == FIXED_HEADER_SIZE
+
+MAX_SIDE = 1 << 24  # largest width or height
+MAX_PIXELS = 1 << 28  # largest width * height
+
+# Image mode codes (header byte 10). 0 is invalid.
+IMAGE_MODES = {
+    1: "1",
+    2: "L",
+    3: "LA",
+    4: "P",
+    5: "RGB",
+    6: "RGBA",
+    7: "CMYK",
+    8: "YCbCr",
+    9: "LAB",
+    10: "HSV",
+    11: "I;16",
+}
+_MODE_CODES = {name: code for code, name in IMAGE_MODES.items()}
+# Colour channels of the centroids for each natively stored mode, alpha not counted.
+COLOUR_CHANNELS = {"1": 1, "L": 1, "LA": 1, "P": 3, "RGB": 3, "RGBA": 3, "CMYK": 4, "YCbCr": 3, "LAB": 3, "HSV": 3}
+NATIVE_MODES = tuple(COLOUR_CHANNELS)
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+_ALPHA_MODES = ("LA", "RGBA")
+
+QUANT_MODES = ("rgb", "global", "channel")  # codes 0, 1, 2
+ALPHA_KINDS = ("none", "plane", "table")  # codes 0, 1, 2
+_PAYLOADS = ("native", "png")  # codes 0, 1
+
+CODEC_STORED = 0
+CODEC_ZLIB = 1
+CODEC_LZMA2 = 2
+CODEC_NAMES = {CODEC_STORED: "stored", CODEC_ZLIB: "zlib", CODEC_LZMA2: "lzma2"}
+_RESERVED_CODECS = {3: "reserved for the context-modelling coder of a later revision"}
+
+_LZMA_MAX_DICT = 1 << 26
+
+
+def _fail(message: str) -> KqFormatError:
+    return KqFormatError(message)
+
+
+# -- header ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KqHeader:
+    """Everything the header block says. Sizes in pixels or bytes.
+
+    width, height : image size in pixels.
+    image_mode : the Pillow mode a decoder returns ("RGB", "P", ...).
+    payload : "native" (centroids + labels) or "png" (a PNG stream carries the pixels).
+    quant_mode : "rgb", "global" or "channel"; None for a PNG payload.
+    alpha : "none"; "plane" (alpha kept exact, its own stream); "table" (alpha is the last centroid channel).
+    channels : channels of each centroid row (colour channels, plus one when alpha is "table"); 0 for PNG.
+    packed : labels of small tables packed below 8 bits (see ``plane_depth``).
+    label_codec, alpha_codec : stream codec ids (``CODEC_NAMES``).
+    label_length, alpha_length : stored (compressed) stream lengths in bytes.
+    table_sizes : entries per table: one for "rgb"/"global", ``channels`` for "channel", none for PNG.
+    tables : the raw centroid table bytes, in file order.
+    """
+
+    width: int
+    height: int
+    image_mode: str
+    payload: str = "native"
+    quant_mode: str | None = "rgb"
+    alpha: str = "none"
+    channels: int = 3
+    packed: bool = False
+    label_codec: int = CODEC_STORED
+    alpha_codec: int = CODEC_STORED
+    label_length: int = 0
+    alpha_length: int = 0
+    table_sizes: tuple[int, ...] = ()
+    tables: bytes = field(default=b"", repr=False)
+    version: int = VERSION
+
+    # -- derived sizes ---------------------------------------------------------------------------
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels, as Pillow orders them."""
+        return (self.width, self.height)
+
+    @property
+    def header_length(self) -> int:
+        """Bytes from the start of the file to the first payload byte (header block + header CRC)."""
+        return FIXED_HEADER_SIZE + len(self.tables) + 4
+
+    @property
+    def payload_length(self) -> int:
+        """Bytes from the first payload byte to the end of the file (streams + payload CRC)."""
+        return self.label_length + self.alpha_length + 4
+
+    @property
+    def file_length(self) -> int:
+        """Total bytes of the file."""
+        return self.header_length + self.payload_length
+
+    @property
+    def plane_tables(self) -> tuple[int, ...]:
+        """For each label plane, in stream order, the size of the table its labels index."""
+        if self.payload != "native":
+            return ()
+        if self.quant_mode == "rgb":
+            return (self.table_sizes[0],)
+        if self.quant_mode == "global":
+            return (self.table_sizes[0],) * self.channels
+        return tuple(self.table_sizes)
+
+    @property
+    def plane_depths(self) -> tuple[int, ...]:
+        """Bits per label in each label plane: 8, or 1/2/4 for small tables when ``packed``."""
+        return tuple(plane_depth(m) if self.packed else 8 for m in self.plane_tables)
+
+    @property
+    def label_raw_length(self) -> int:
+        """Bytes of the label stream after decompression (0 for a PNG payload)."""
+        return sum(self.height * row_bytes(self.width, d) for d in self.plane_depths)
+
+    @property
+    def alpha_raw_length(self) -> int:
+        """Bytes of the alpha stream after decompression: one byte per pixel when alpha is a plane."""
+        return self.width * self.height if self.alpha == "plane" else 0
+
+    # -- centroids ---------------------------------------------------------------------------------
+
+    @property
+    def centroids(self) -> np.ndarray | tuple[np.ndarray, ...] | None:
+        """The centroid table(s), uint8, in the conventions of ``KMeansQuantizer.centroids_``.
+
+        "rgb": array (m, channels). "global": array (m,). "channel": tuple of ``channels`` arrays (m_c,).
+        None for a PNG payload.
+        """
+        if self.payload != "native":
+            return None
+        raw = np.frombuffer(self.tables, dtype=np.uint8)
+        if self.quant_mode == "rgb":
+            return raw.reshape(self.table_sizes[0], self.channels).copy()
+        if self.quant_mode == "global":
+            return raw.copy()
+        bounds = np.cumsum((0,) + tuple(self.table_sizes))
+        return tuple(raw[bounds[c] : bounds[c + 1]].copy() for c in range(self.channels))
+
+    # -- bytes -------------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise ``KqFormatError`` unless every field holds a value version 1 allows."""
+        _check_fields(self)
+
+    def to_bytes(self) -> bytes:
+        """The header block followed by its CRC-32 (``header_length`` bytes)."""
+        self.validate()
+        fixed = _FIXED.pack(
+            MAGIC,
+            self.version,
+            _PAYLOADS.index(self.payload),
+            _MODE_CODES[self.image_mode],
+            0 if self.quant_mode is None else QUANT_MODES.index(self.quant_mode),
+            ALPHA_KINDS.index(self.alpha),
+            self.channels,
+            int(self.packed),
+            0,
+            self.width,
+            self.height,
+            self.label_codec,
+            self.alpha_codec,
+            0,
+            self.label_length,
+            self.alpha_length,
+            *(tuple(self.table_sizes) + (0, 0, 0, 0))[:4],
+        )
+        block = fixed + bytes(self.tables)
+        return block + struct.pack("<I", zlib.crc32(block))
+
+
+def _table_bytes(payload: str, quant_mode: str | None, channels: int, sizes: tuple[int, ...]) -> int:
+    if payload != "native":
+        return 0
+    if quant_mode == "rgb":
+        return sizes[0] * channels
+    return sum(sizes)
+
+
+def _stream_bound(raw: int) -> int:
+    """Largest stored length a compressed stream of ``raw`` bytes may have."""
+    return raw + raw // 16 + 64
+
+
+def _png_bound(width: int, height: int) -> int:
+    """Largest PNG stream accepted for a ``width`` x ``height`` image."""
+    return 8 * width * height + 8 * height + 65536
+
+
+def _check_codec(codec: int, what: str) -> None:
+    if codec in CODEC_NAMES:
+        return
+    known = ", ".join(f"{k} {v}" for k, v in CODEC_NAMES.items())
+    note = _RESERVED_CODECS.get(codec, "unknown")
+    raise _fail(f"unsupported {what} codec id {codec} ({note}); this decoder knows {known}")
+
+
+def _check_fields(h: KqHeader) -> None:
+    """All field checks of the spec's "values a decoder must reject" column, in header order."""
+    if h.version != VERSION:
+        raise _fail(f"unsupported .kq version {h.version} (this decoder reads version {VERSION})")
+    if h.payload not in _PAYLOADS:
+        raise _fail(f"invalid payload kind {h.payload!r}")
+    if h.image_mode not in _MODE_CODES:
+        raise _fail(f"invalid image mode {h.image_mode!r}")
+    if not (1 <= h.width <= MAX_SIDE and 1 <= h.height <= MAX_SIDE):
+        raise _fail(f"invalid image size {h.width}x{h.height} (each side must be 1..{MAX_SIDE})")
+    if h.width * h.height > MAX_PIXELS:
+        raise _fail(f"image size {h.width}x{h.height} exceeds the format limit of {MAX_PIXELS} pixels")
+    sizes = tuple(h.table_sizes)
+    if h.payload == "png":
+        if h.image_mode not in PNG_MODES:
+            raise _fail(f"image mode {h.image_mode!r} cannot be carried by a PNG payload")
+        if (h.quant_mode, h.alpha, h.channels, h.packed, h.label_codec, h.alpha_codec, h.alpha_length) != (
+            None,
+            "none",
+            0,
+            False,
+            CODEC_STORED,
+            CODEC_STORED,
+            0,
+        ) or any(sizes):
+            raise _fail("a PNG payload must have quant mode, alpha, channels, packing, codecs and tables all zero")
+        if not 8 <= h.label_length <= _png_bound(h.width, h.height):
+            raise _fail(f"PNG stream length {h.label_length} is out of range for a {h.width}x{h.height} image")
+        if len(h.tables):
+            raise _fail("a PNG payload has no centroid tables")
+        return
+    if h.image_mode not in NATIVE_MODES:
+        raise _fail(f"image mode {h.image_mode!r} cannot be stored natively")
+    if h.quant_mode not in QUANT_MODES:
+        raise _fail(f"invalid quantization mode {h.quant_mode!r}")
+    if h.alpha not in ALPHA_KINDS:
+        raise _fail(f"invalid alpha kind {h.alpha!r}")
+    if h.image_mode in _ALPHA_MODES and h.alpha == "none":
+        raise _fail(f"image mode {h.image_mode} needs its alpha stored as a plane or in the table")
+    if h.alpha == "plane" and h.image_mode not in _ALPHA_MODES:
+        raise _fail(f"image mode {h.image_mode} has no alpha band to store as a plane")
+    if h.alpha == "table" and h.image_mode not in _ALPHA_MODES + ("P",):
+        raise _fail(f"image mode {h.image_mode} has no alpha to store in the table")
+    if h.image_mode == "P" and h.quant_mode != "rgb":
+        raise _fail("a P image is stored in rgb quantization mode (palette + indices)")
+    expected = COLOUR_CHANNELS[h.image_mode] + (h.alpha == "table")
+    if h.channels != expected:
+        raise _fail(f"channel count {h.channels} does not match image mode {h.image_mode} with alpha {h.alpha!r}")
+    if h.packed not in (False, True):
+        raise _fail(f"invalid packing flag {h.packed!r}")
+    _check_codec(h.label_codec, "label stream")
+    _check_codec(h.alpha_codec, "alpha stream")
+    used = 1 if h.quant_mode in ("rgb", "global") else h.channels
+    if len(sizes) > 4 or any(not 1 <= s <= 256 for s in sizes[:used]) or any(sizes[used:]) or len(sizes) < used:
+        raise _fail(f"invalid table sizes {sizes} for {h.quant_mode} mode with {h.channels} channel(s)")
+    if h.alpha != "plane" and (h.alpha_length or h.alpha_codec):
+        raise _fail("alpha stream length and codec must be 0 unless alpha is stored as a plane")
+    raw = h.label_raw_length
+    if h.label_codec == CODEC_STORED and h.label_length != raw:
+        raise _fail(f"stored label stream must be {raw} bytes, header says {h.label_length}")
+    if not 1 <= h.label_length <= _stream_bound(raw):
+        raise _fail(f"label stream length {h.label_length} is out of range for {raw} bytes of labels")
+    if h.alpha == "plane":
+        araw = h.alpha_raw_length
+        if h.alpha_codec == CODEC_STORED and h.alpha_length != araw:
+            raise _fail(f"stored alpha stream must be {araw} bytes, header says {h.alpha_length}")
+        if not 1 <= h.alpha_length <= _stream_bound(araw):
+            raise _fail(f"alpha stream length {h.alpha_length} is out of range for {araw} bytes of alpha")
+    if len(h.tables) != _table_bytes(h.payload, h.quant_mode, h.channels, sizes):
+        raise _fail("centroid table bytes do not match the table sizes")
+    if h.image_mode == "1":
+        values = set(bytes(h.tables))
+        if not values <= {0, 255}:
+            raise _fail(f"a mode-1 table may hold only 0 and 255, found {sorted(values - {0, 255})}")
+
+
+def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
+    """Decode the 44 fixed bytes into a header without tables, and the table byte count."""
+    if len(fixed) < len(MAGIC) or fixed[: len(MAGIC)] != MAGIC:
+        if MAGIC.startswith(bytes(fixed[: len(MAGIC)])):
+            raise _fail(f"truncated .kq header: {len(fixed)} of {FIXED_HEADER_SIZE} bytes")
+        raise _fail("not a .kq file (bad magic)")
+    if len(fixed) < FIXED_HEADER_SIZE:
+        raise _fail(f"truncated .kq header: {len(fixed)} of {FIXED_HEADER_SIZE} bytes")
+    (
+        _magic,
+        version,
+        payload,
+        mode_code,
+        quant,
+        alpha,
+        channels,
+        packed,
+        reserved1,
+        width,
+        height,
+        label_codec,
+        alpha_codec,
+        reserved2,
+        label_length,
+        alpha_length,
+        *sizes,
+    ) = _FIXED.unpack_from(fixed)
+    if version != VERSION:
+        raise _fail(f"unsupported .kq version {version} (this decoder reads version {VERSION})")
+    if payload >= len(_PAYLOADS):
+        raise _fail(f"invalid payload kind {payload} (0 native, 1 png)")
+    if mode_code not in IMAGE_MODES:
+        raise _fail(f"invalid image mode code {mode_code}")
+    if quant >= len(QUANT_MODES):
+        raise _fail(f"invalid quantization mode code {quant} (0 rgb, 1 global, 2 channel)")
+    if alpha >= len(ALPHA_KINDS):
+        raise _fail(f"invalid alpha code {alpha} (0 none, 1 plane, 2 table)")
+    if packed > 1:
+        raise _fail(f"invalid packing flag {packed} (0 or 1)")
+    if reserved1 or reserved2:
+        raise _fail("reserved header fields must be zero")
+    is_png = payload == 1
+    if is_png and (quant or alpha or channels or packed):
+        raise _fail("a PNG payload must have quant mode, alpha, channels and packing all zero")
+    quant_mode = None if is_png else QUANT_MODES[quant]
+    if not is_png:
+        if not 1 <= channels <= 4:
+            raise _fail(f"invalid channel count {channels} (1..4)")
+        used = 1 if quant_mode in ("rgb", "global") else channels
+        if any(not 1 <= s <= 256 for s in sizes[:used]) or any(sizes[used:]):
+            raise _fail(f"invalid table sizes {tuple(sizes)} for {quant_mode} mode with {channels} channel(s)")
+        sizes = tuple(sizes[:used])
+    elif any(sizes):
+        raise _fail("a PNG payload has no centroid tables: table sizes must be zero")
+    else:
+        sizes = ()
+    header = KqHeader(
+        width=width,
+        height=height,
+        image_mode=IMAGE_MODES[mode_code],
+        payload=_PAYLOADS[payload],
+        quant_mode=quant_mode,
+        alpha=ALPHA_KINDS[alpha],
+        channels=channels,
+        packed=bool(packed),
+        label_codec=label_codec,
+        alpha_codec=alpha_codec,
+        label_length=label_length,
+        alpha_length=alpha_length,
+        table_sizes=sizes,
+        version=version,
+    )
+    return header, _table_bytes(header.payload, quant_mode, channels, sizes)
+
+
+def header_length(fixed: bytes) -> int:
+    """From the first 44 bytes of a file, the length of its whole header (header block + CRC).
+
+    Lets a streaming reader know how many more bytes to read before calling ``unpack_header``.
+    Raises ``KqFormatError`` for bad magic, a truncated fixed header or an invalid fixed field.
+    """
+    _, table_bytes = _fields_from_fixed(bytes(fixed[:FIXED_HEADER_SIZE]))
+    return FIXED_HEADER_SIZE + table_bytes + 4
+
+
+def unpack_header(data: bytes) -> KqHeader:
+    """Parse and fully validate the header at the start of ``data`` (which may continue with the payload).
+
+    Checks the magic, every field, and the header CRC. Raises ``KqFormatError``.
+    """
+    data = memoryview(data)
+    header, table_bytes = _fields_from_fixed(bytes(data[:FIXED_HEADER_SIZE]))
+    end = FIXED_HEADER_SIZE + table_bytes
+    if len(data) < end + 4:
+        raise _fail(f"truncated .kq header: {len(data)} of {end + 4} bytes")
+    (stored_crc,) = struct.unpack_from("<I", data, end)
+    if zlib.crc32(data[:end]) != stored_crc:
+        raise _fail("header CRC mismatch: the header is corrupt")
+    header = replace(header, tables=bytes(data[FIXED_HEADER_SIZE:end]))
+    _check_fields(header)
+    return header
+
+
+# -- whole files ---------------------------------------------------------------------------------
+
+
+def pack_file(header: KqHeader, label_stream: bytes, alpha_stream: bytes = b"") -> bytes:
+    """Assemble a file from a header (whose lengths must match the streams) and the stored streams."""
+    if header.label_length != len(label_stream) or header.alpha_length != len(alpha_stream):
+        raise ValueError("header stream lengths do not match the streams")
+    payload = bytes(label_stream) + bytes(alpha_stream)
+    return header.to_bytes() + payload + struct.pack("<I", zlib.crc32(payload))
+
+
+def split_payload(header: KqHeader, payload: bytes) -> tuple[bytes, bytes]:
+    """Check the payload's length and CRC; return (label stream, alpha stream) as stored.
+
+    ``payload`` is everything after the header: the streams and the payload CRC, exactly
+    ``header.payload_length`` bytes. Raises ``KqFormatError`` on truncation, trailing bytes or CRC mismatch.
+    """
+    need = header.payload_length
+    if len(payload) < need:
+        raise _fail(f"truncated .kq file: payload has {len(payload)} of {need} bytes")
+    if len(payload) > need:
+        raise _fail(f"{len(payload) - need} unexpected bytes after the payload CRC")
+    view = memoryview(payload)
+    body = view[: need - 4]
+    (stored_crc,) = struct.unpack_from("<I", view, need - 4)
+    if zlib.crc32(body) != stored_crc:
+        raise _fail("payload CRC mismatch: the pixel data is corrupt")
+    return bytes(body[: header.label_length]), bytes(body[header.label_length :])
+
+
+def decode_payload(header: KqHeader, payload: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """Native payload -> (labels, alpha).
+
+    labels : uint8, (H, W) in "rgb" mode, (H, W, C) in "global"/"channel" mode; every label is checked
+        to index its table. alpha : (H, W) uint8 when alpha is a plane, else None.
+    Raises ``KqFormatError``.
+    """
+    if header.payload != "native":
+        raise ValueError("decode_payload needs a native payload")
+    label_stream, alpha_stream = split_payload(header, payload)
+    raw = decompress(label_stream, header.label_codec, header.label_raw_length, "label stream")
+    labels = stream_to_labels(raw, header)
+    alpha = None
+    if header.alpha == "plane":
+        araw = decompress(alpha_stream, header.alpha_codec, header.alpha_raw_length, "alpha stream")
+        alpha = np.frombuffer(araw, dtype=np.uint8).reshape(header.height, header.width)
+    return labels, alpha
+
+
+# -- stream codecs -------------------------------------------------------------------------------
+
+
+def lzma2_dict_size(raw_length: int) -> int:
+    """The LZMA2 dictionary size, in bytes, for a stream of ``raw_length`` uncompressed bytes.
+
+    Both sides derive it from the header: clamp(raw_length, 4096, 2**26).
+    """
+    return min(max(raw_length, 4096), _LZMA_MAX_DICT)
+
+
+def _lzma2_filters(raw_length: int, **options: int) -> list[dict]:
+    return [{"id": lzma.FILTER_LZMA2, "dict_size": lzma2_dict_size(raw_length), **options}]
+
+
+def compress(data: bytes, codec: int, *, narrow_alphabet: bool = False) -> bytes:
+    """Compress ``data`` with stream codec ``codec`` (deterministic for a given zlib/liblzma).
+
+    ``narrow_alphabet`` tunes LZMA2's literal context for streams whose bytes take few values.
+    """
+    if codec == CODEC_STORED:
+        return bytes(data)
+    if codec == CODEC_ZLIB:
+        return zlib.compress(data, 9)
+    if codec == CODEC_LZMA2:
+        lc, pb = (4, 0) if narrow_alphabet else (3, 0)
+        preset = 9 | lzma.PRESET_EXTREME
+        filters = _lzma2_filters(len(data), preset=preset, lc=lc, lp=0, pb=pb)
+        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
+    raise ValueError(f"unknown codec {codec}")
+
+
+def decompress(data: bytes, codec: int, size: int, what: str = "stream") -> bytes:
+    """Decompress a stored stream that must expand to exactly ``size`` bytes.
+
+    Never produces more than ``size`` + 1 bytes, whatever the input: a stream that would inflate beyond
+    ``size`` is refused after one extra byte. Raises ``KqFormatError`` for a corrupt, short, long or
+    unterminated stream, or for trailing bytes after its end.
+    """
+    if codec == CODEC_STORED:
+        if len(data) != size:
+            raise _fail(f"{what}: stored stream has {len(data)} bytes, expected {size}")
+        return bytes(data)
+    try:
+        if codec == CODEC_ZLIB:
+            d = zlib.decompressobj()
+            out = d.decompress(data, size)
+            if len(out) == size and not d.eof:
+                if d.decompress(d.unconsumed_tail, 1):
+                    raise _fail(f"{what} inflates beyond the {size} bytes the header declares")
+            leftover = d.unused_data or d.unconsumed_tail
+        elif codec == CODEC_LZMA2:
+            d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma2_filters(size))
+            out = d.decompress(data, size)
+            if len(out) == size and not d.eof:
+                if d.decompress(b"", 1):
+                    raise _fail(f"{what} inflates beyond the {size} bytes the header declares")
+            leftover = d.unused_data
+        else:
+            _check_codec(codec, what)
+            raise AssertionError("unreachable")
+    except (zlib.error, lzma.LZMAError) as exc:
+        raise _fail(f"{what} is corrupt ({CODEC_NAMES[codec]}: {exc})") from exc
+    if len(out) < size:
+        raise _fail(f"{what} is truncated: it inflates to {len(out)} of {size} bytes")
+    if not d.eof:
+        raise _fail(f"{what} does not end where the header says ({CODEC_NAMES[codec]} end marker missing)")
+    if leftover:
+        raise _fail(f"{what} has {len(leftover)} bytes after its {CODEC_NAMES[codec]} end")
+    return out
+
+
+# -- labels: bit packing and plane layout ---------------------------------------------------------
+
+
+def plane_depth(table_size: int) -> int:
+    """Bits per packed label for a table of ``table_size`` entries: 1 (<= 2), 2 (<= 4), 4 (<= 16), else 8."""
+    for depth in (1, 2, 4):
+        if table_size <= 1 << depth:
+            return depth
+    return 8
+
+
+def row_bytes(width: int, depth: int) -> int:
+    """Bytes of one row of ``width`` labels at ``depth`` bits each, padded to a whole byte."""
+    return (width * depth + 7) // 8
+
+
+def pack_plane(plane: np.ndarray, depth: int) -> bytes:
+    """Pack a (H, W) uint8 plane at ``depth`` bits per label (1, 2, 4 or 8), MSB first, rows byte-padded.
+
+    Every value must be below 2**depth. The first label of a row sits in the most significant bits of
+    the row's first byte; unused bits at the end of a row are zero.
+    """
+    plane = np.ascontiguousarray(plane, dtype=np.uint8)
+    if depth == 8:
+        return plane.tobytes()
+    height, width = plane.shape
+    per = 8 // depth
+    padded = np.zeros((height, row_bytes(width, depth) * per), dtype=np.uint8)
+    padded[:, :width] = plane
+    groups = padded.reshape(height, -1, per)
+    out = np.zeros(groups.shape[:2], dtype=np.uint8)
+    for i in range(per):
+        out |= groups[:, :, i] << np.uint8(8 - depth * (i + 1))
+    return out.tobytes()
+
+
+def unpack_plane(data: bytes, height: int, width: int, depth: int) -> np.ndarray:
+    """Inverse of ``pack_plane``: ``height * row_bytes(width, depth)`` bytes -> (H, W) uint8."""
+    packed = np.frombuffer(data, dtype=np.uint8).reshape(height, row_bytes(width, depth))
+    if depth == 8:
+        return packed
+    per = 8 // depth
+    shifts = np.array([8 - depth * (i + 1) for i in range(per)], dtype=np.uint8)
+    values = (packed[:, :, None] >> shifts) & np.uint8((1 << depth) - 1)
+    return values.reshape(height, -1)[:, :width]
+
+
+def labels_to_stream(labels: np.ndarray, header: KqHeader) -> bytes:
+    """Lay out labels as the uncompressed label stream the header describes.
+
+    labels : (H, W) uint8 for "rgb", (H, W, C) uint8 for "global"/"channel" (C = header.channels).
+    Planes follow each other (one per channel, channel order), rows top to bottom.
+    """
+    labels = np.asarray(labels, dtype=np.uint8)
+    planes = [labels] if labels.ndim == 2 else [labels[:, :, c] for c in range(labels.shape[2])]
+    depths = header.plane_depths
+    if len(planes) != len(depths):
+        raise ValueError(f"expected {len(depths)} label plane(s), got {len(planes)}")
+    return b"".join(pack_plane(p, d) for p, d in zip(planes, depths, strict=True))
+
+
+def stream_to_labels(raw: bytes, header: KqHeader) -> np.ndarray:
+    """The uncompressed label stream -> labels in quantizer layout, checking each against its table."""
+    h, w = header.height, header.width
+    planes, offset = [], 0
+    for index, (m, depth) in enumerate(zip(header.plane_tables, header.plane_depths, strict=True)):
+        n = h * row_bytes(w, depth)
+        plane = unpack_plane(raw[offset : offset + n], h, w, depth)
+        offset += n
+        top = int(plane.max())
+        if top >= m:
+            raise _fail(f"label {top} in plane {index} points past its {m}-entry centroid table")
+        planes.append(plane)
+    if header.quant_mode == "rgb":
+        return np.array(planes[0], dtype=np.uint8)
+    return np.stack(planes, axis=2)

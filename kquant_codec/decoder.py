@@ -1,0 +1,306 @@
+"""Reading ``.kq`` files without going through ``Image.open``: header facts, centroids, labels, pixels.
+
+    info = kq_info("photo.kq")          # header only: size, modes, table sizes, payload kind, codecs, bytes
+    kq = read_kq("photo.kq")            # whole file, checked: centroids, labels, alpha, or the PNG payload
+    img = kq.to_image()                 # the same pixels Image.open("photo.kq") gives
+
+Both raise ``KqFormatError`` (an ``OSError``) for anything that is not a valid ``.kq`` v1 file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image, ImagePalette
+
+from .container import (
+    CODEC_NAMES,
+    FIXED_HEADER_SIZE,
+    KqFormatError,
+    KqHeader,
+    decode_payload,
+    header_length,
+    split_payload,
+    unpack_header,
+)
+from .pixels import join_image
+from .quantizer import lookup
+
+__all__ = [
+    "KqInfo",
+    "KqImage",
+    "kq_info",
+    "read_kq",
+    "check_pixel_limit",
+    "png_payload_image",
+    "native_image",
+    "read_at_most",
+]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
+
+# (mode of the PNG as Pillow reads it, image mode of the .kq header) pairs a reader converts between.
+_PNG_CONVERSIONS = {("P", "RGB"), ("P", "RGBA"), ("P", "L"), ("P", "LA"), ("I", "I;16")}
+
+
+@dataclass(frozen=True)
+class KqInfo:
+    """Header facts of a ``.kq`` file, read cheaply (header and its CRC only; the payload is not checked).
+
+    width, height : pixels. image_mode : the Pillow mode the file decodes to. payload : "native" or "png".
+    quant_mode : "rgb"/"global"/"channel", None for PNG. alpha : "none", "plane" (kept exact) or "table"
+    (quantized with the colour channels). channels : channels per centroid row. table_sizes : entries per
+    table. label_bits : bits per label in each label plane. codec / alpha_codec : stream codec names
+    ("stored", "zlib", "lzma2"; "png" for a PNG payload). file_bytes, header_bytes, payload_bytes : sizes in
+    bytes (payload = streams + payload CRC). version : format version.
+    """
+
+    width: int
+    height: int
+    image_mode: str
+    payload: str
+    quant_mode: str | None
+    alpha: str
+    channels: int
+    table_sizes: tuple[int, ...]
+    label_bits: tuple[int, ...]
+    codec: str
+    alpha_codec: str | None
+    file_bytes: int
+    header_bytes: int
+    payload_bytes: int
+    version: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    @property
+    def k(self) -> int | None:
+        """Largest table size (the k of rgb/global mode, the largest per-channel k of channel mode)."""
+        return max(self.table_sizes) if self.table_sizes else None
+
+
+def _info_from_header(header: KqHeader, file_bytes: int) -> KqInfo:
+    png = header.payload == "png"
+    return KqInfo(
+        width=header.width,
+        height=header.height,
+        image_mode=header.image_mode,
+        payload=header.payload,
+        quant_mode=header.quant_mode,
+        alpha=header.alpha,
+        channels=header.channels,
+        table_sizes=tuple(header.table_sizes),
+        label_bits=header.plane_depths,
+        codec="png" if png else CODEC_NAMES[header.label_codec],
+        alpha_codec=CODEC_NAMES[header.alpha_codec] if header.alpha == "plane" else None,
+        file_bytes=file_bytes,
+        header_bytes=header.header_length,
+        payload_bytes=header.payload_length,
+        version=header.version,
+    )
+
+
+def _read_header_from(fp: IO[bytes]) -> KqHeader:
+    fixed = fp.read(FIXED_HEADER_SIZE)
+    total = header_length(fixed)
+    rest = fp.read(total - len(fixed))
+    return unpack_header(fixed + rest)
+
+
+def _check_length(header: KqHeader, actual: int) -> None:
+    if actual < header.file_length:
+        raise KqFormatError(f"truncated .kq file: {actual} of {header.file_length} bytes")
+    if actual > header.file_length:
+        raise KqFormatError(f"{actual - header.file_length} unexpected bytes after the payload CRC")
+
+
+def kq_info(source: Source) -> KqInfo:
+    """Header facts of a ``.kq`` file (path, bytes or binary file object), without decoding the payload.
+
+    Checks the header fields, the header CRC and that the file length matches the header.
+    Raises ``KqFormatError``.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        header = unpack_header(data)
+        _check_length(header, len(data))
+        return _info_from_header(header, len(data))
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fp:
+            header = _read_header_from(fp)
+            size = os.fstat(fp.fileno()).st_size
+    else:
+        start = source.tell()
+        header = _read_header_from(source)
+        source.seek(0, io.SEEK_END)
+        size = source.tell() - start
+    _check_length(header, size)
+    return _info_from_header(header, size)
+
+
+def check_pixel_limit(width: int, height: int) -> None:
+    """Pillow's decompression-bomb rule for a declared size: warn above ``Image.MAX_IMAGE_PIXELS``, raise
+    ``Image.DecompressionBombError`` above twice that (no limit when it is None)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = width * height
+    if limit is None or pixels <= limit:
+        return
+    message = f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be decompression bomb DOS attack."
+    if pixels > 2 * limit:
+        raise Image.DecompressionBombError(message)
+    warnings.warn(message, Image.DecompressionBombWarning, stacklevel=3)
+
+
+# -- pixels ---------------------------------------------------------------------------------------
+
+
+def _transparency(alpha: np.ndarray) -> int | bytes:
+    """Pillow's ``info["transparency"]`` for palette alphas: an index when exactly one entry is transparent."""
+    clear = np.flatnonzero(alpha == 0)
+    if clear.size == 1 and bool(((alpha == 0) | (alpha == 255)).all()):
+        return int(clear[0])
+    return alpha.tobytes()
+
+
+def palette_of(header: KqHeader) -> tuple[ImagePalette.ImagePalette, int | bytes | None]:
+    """For a native "P" file: its palette (RGB, one entry per table row) and ``info["transparency"]``."""
+    table = header.centroids
+    palette = ImagePalette.raw("RGB", np.ascontiguousarray(table[:, :3]).tobytes())
+    transparency = _transparency(np.ascontiguousarray(table[:, 3])) if header.alpha == "table" else None
+    return palette, transparency
+
+
+def native_image(header: KqHeader, labels: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
+    """Rebuild the image of a native payload: centroid lookup, alpha, image mode."""
+    if header.image_mode == "P":
+        img = Image.frombytes("P", header.size, np.ascontiguousarray(labels).tobytes())
+        palette, transparency = palette_of(header)
+        img.putpalette(palette)
+        if transparency is not None:
+            img.info["transparency"] = transparency
+        return img
+    colour = lookup(header.quant_mode, header.centroids, labels)
+    if colour.ndim == 2:
+        colour = colour[:, :, None]
+    return join_image(colour, alpha, header.image_mode)
+
+
+def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
+    """Decode a PNG payload (checked against the header) into a loaded image of the header's mode."""
+    if len(png) < 24 or not png.startswith(PNG_SIGNATURE) or png[12:16] != b"IHDR":
+        raise KqFormatError("PNG payload does not start with a PNG signature and IHDR chunk")
+    width, height = struct.unpack(">II", png[16:24])
+    if (width, height) != header.size:
+        raise KqFormatError(f"PNG payload is {width}x{height}, the header says {header.width}x{header.height}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(png), formats=["PNG"])
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise KqFormatError(f"PNG payload is corrupt: {exc}") from exc
+    if img.mode != header.image_mode:
+        if (img.mode, header.image_mode) not in _PNG_CONVERSIONS:
+            raise KqFormatError(f"PNG payload has mode {img.mode}, which does not give mode {header.image_mode}")
+        img = img.convert(header.image_mode)
+    return img
+
+
+@dataclass
+class KqImage:
+    """A decoded ``.kq`` file.
+
+    header : the parsed ``KqHeader`` (sizes, modes, codecs).
+    centroids : native payloads: uint8 table(s) like ``KMeansQuantizer.centroids_`` — "rgb": (m, C);
+        "global": (m,); "channel": tuple of C arrays (m_c,). For a "P" image, rows are palette entries
+        (RGB, plus alpha when ``header.alpha == "table"``). None for a PNG payload.
+    labels : native payloads: uint8, (H, W) in "rgb" mode, (H, W, C) in "global"/"channel" mode; each
+        label indexes its table. None for a PNG payload.
+    alpha : (H, W) uint8 alpha kept exact (``header.alpha == "plane"``), else None.
+    png : the PNG stream of a PNG payload, else None.
+    """
+
+    header: KqHeader
+    centroids: Any
+    labels: np.ndarray | None
+    alpha: np.ndarray | None
+    png: bytes | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.header.size
+
+    @property
+    def mode(self) -> str:
+        """The Pillow image mode the file decodes to."""
+        return self.header.image_mode
+
+    @property
+    def quant_mode(self) -> str | None:
+        return self.header.quant_mode
+
+    def samples(self) -> np.ndarray:
+        """Centroid lookup of a native payload: (H, W, C) uint8 over the table channels (alpha plane excluded)."""
+        if self.labels is None:
+            raise ValueError("a PNG payload has no centroids and labels")
+        return lookup(self.header.quant_mode, self.centroids, self.labels)
+
+    def to_image(self) -> Image.Image:
+        """The decoded image, in the file's image mode and size."""
+        if self.png is not None:
+            return png_payload_image(self.header, self.png)
+        return native_image(self.header, self.labels, self.alpha)
+
+
+def decode_file(header: KqHeader, payload: bytes) -> KqImage:
+    """Header + payload bytes (streams and payload CRC) -> ``KqImage``."""
+    if header.payload == "png":
+        png, _ = split_payload(header, payload)
+        return KqImage(header, None, None, None, png)
+    labels, alpha = decode_payload(header, payload)
+    return KqImage(header, header.centroids, labels, alpha, None)
+
+
+def read_kq(source: Source) -> KqImage:
+    """Read and fully check a ``.kq`` file (path, bytes or binary file object).
+
+    Honours ``Image.MAX_IMAGE_PIXELS`` like ``Image.open`` (warning, then ``DecompressionBombError``) before
+    reading the payload. Raises ``KqFormatError`` for anything invalid: header fields, CRCs, truncation,
+    trailing bytes, streams that do not inflate to the declared size, labels past their table.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = memoryview(bytes(source))
+        header = unpack_header(data)
+        check_pixel_limit(header.width, header.height)
+        return decode_file(header, data[header.header_length :])
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fp:
+            return _read_from(fp)
+    return _read_from(source)
+
+
+def _read_from(fp: IO[bytes]) -> KqImage:
+    header = _read_header_from(fp)
+    check_pixel_limit(header.width, header.height)
+    return decode_file(header, read_at_most(fp, header.payload_length + 1))
+
+
+def read_at_most(fp: IO[bytes], n: int, chunk: int = 1 << 20) -> bytes:
+    """Read up to ``n`` bytes in chunks, so a short file never costs an ``n``-byte allocation."""
+    parts, left = [], n
+    while left > 0:
+        part = fp.read(min(chunk, left))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)

@@ -1,0 +1,341 @@
+"""Pillow image + options -> ``.kq`` bytes.
+
+Two steps:
+
+1. Quantize, only when ``k`` or ``mode`` is given: the image becomes ``img.filter(KMeansQuantize(k, mode,
+   seed, alpha))`` (``k`` defaults to 256, ``mode`` to "rgb"). So ``img.save("x.kq", k=16)`` decodes to
+   exactly the pixels of ``img.filter(KMeansQuantize(16))``.
+2. Store that image losslessly, in the smallest of the candidate layouts: native payloads (centroid
+   table(s) + labels, each stream with its best codec and packing) and, unless ``fallback=False``, a PNG
+   payload (Pillow's writer, ``optimize=True``, a palette PNG when <= 256 colours). A PNG candidate is used
+   only after decoding it back and finding the same pixels.
+
+Deterministic: the same image and options give byte-identical files (for a given zlib and liblzma).
+"""
+
+from __future__ import annotations
+
+import io
+import numbers
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .container import (
+    CODEC_LZMA2,
+    CODEC_STORED,
+    CODEC_ZLIB,
+    MAX_PIXELS,
+    MAX_SIDE,
+    NATIVE_MODES,
+    PNG_MODES,
+    KqHeader,
+    compress,
+    labels_to_stream,
+    pack_file,
+    plane_depth,
+)
+from .decoder import png_payload_image
+from .pixels import SUPPORTED_MODES, split_image
+from .quantize import check_alpha
+from .quantizer import check_k, check_mode, distinct_colours
+
+__all__ = ["encode_image", "SAVE_OPTIONS"]
+
+SAVE_OPTIONS = ("k", "mode", "seed", "alpha", "fallback")
+_CODECS = (CODEC_STORED, CODEC_ZLIB, CODEC_LZMA2)
+
+
+def _check_options(k: Any, mode: Any, seed: Any, alpha: Any, fallback: Any) -> None:
+    if k is not None:
+        check_k(k)
+    if mode is not None:
+        check_mode(mode)
+    if alpha is not None:
+        check_alpha(alpha)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(fallback, bool):
+        raise ValueError(f"fallback must be True or False, got {fallback!r}")
+
+
+def encode_image(
+    img: Image.Image,
+    *,
+    k: int | None = None,
+    mode: str | None = None,
+    seed: int = 0,
+    alpha: str | None = None,
+    fallback: bool = True,
+) -> bytes:
+    """Encode a Pillow image as a ``.kq`` file and return its bytes.
+
+    k : 1..256 centroids (per channel in "channel" mode); None stores the pixels exactly (or at k=256 when
+        ``mode`` is given).
+    mode : "rgb", "global" or "channel"; None picks the smallest lossless layout (rgb when the image has
+        <= 256 colours, else channel) — or "rgb" when ``k`` is given.
+    seed : k-means++ seed ("rgb" mode).
+    alpha : "keep" (alpha exact, its own plane) or "quantize" (alpha is one more centroid channel); None:
+        "keep" when quantizing, else whichever is smaller. "P" images keep transparency in the palette.
+    fallback : allow a PNG payload when it is smaller (or the only way to store the image).
+
+    Raises ``ValueError`` for bad options, empty or oversized images, and modes that cannot be stored.
+    """
+    _check_options(k, mode, seed, alpha, fallback)
+    img.load()
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ValueError(f"cannot store an empty image ({width}x{height})")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ValueError(f"image {width}x{height} exceeds the .kq limits ({MAX_SIDE} per side, {MAX_PIXELS} pixels)")
+    if k is not None or mode is not None:
+        if img.mode not in SUPPORTED_MODES:
+            raise ValueError(f"cannot quantize image mode {img.mode!r}; supported: {', '.join(SUPPORTED_MODES)}")
+        from .filter import KMeansQuantize
+
+        img = img.filter(KMeansQuantize(256 if k is None else k, mode or "rgb", seed=seed, alpha=alpha or "keep"))
+        mode = mode or "rgb"
+        alpha = alpha or "keep"
+    candidates: list[bytes] = []
+    if img.mode in NATIVE_MODES:
+        candidates.extend(_native_candidates(img, mode, alpha))
+    if (fallback or not candidates) and img.mode in PNG_MODES:
+        png = _png_candidate(img)
+        if png is not None:
+            candidates.append(png)
+    if not candidates:
+        raise ValueError(
+            f"cannot store image mode {img.mode!r} in a .kq file; convert it to one of "
+            f"{', '.join(sorted(set(NATIVE_MODES) | set(PNG_MODES)))} first"
+        )
+    return min(candidates, key=len)  # first of equals: native before PNG
+
+
+# -- native payloads -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layout:
+    """One way of writing an image natively: quant mode, alpha kind, tables, labels, alpha plane."""
+
+    quant_mode: str
+    alpha: str
+    channels: int
+    table_sizes: tuple[int, ...]
+    tables: bytes
+    labels: np.ndarray
+    alpha_plane: np.ndarray | None
+
+
+def _order_key(colours: np.ndarray) -> np.ndarray:
+    """Sort order for an rgb table: by luma (first three channels) then by the colour tuple.
+
+    Neighbouring labels then mean similar colours, which the stream coders exploit a little.
+    """
+    c = colours.astype(np.int64)
+    keys = [c[:, i] for i in range(c.shape[1] - 1, -1, -1)]
+    if c.shape[1] >= 3:
+        keys.append(299 * c[:, 0] + 587 * c[:, 1] + 114 * c[:, 2])
+    return np.lexsort(keys)
+
+
+def _rgb_layout(samples: np.ndarray) -> tuple[tuple[int, ...], bytes, np.ndarray] | None:
+    h, w, channels = samples.shape
+    distinct, _, inverse = distinct_colours(samples.reshape(-1, channels))
+    if distinct.shape[0] > 256:
+        return None
+    order = _order_key(distinct)
+    rank = np.empty(order.size, dtype=np.uint8)
+    rank[order] = np.arange(order.size, dtype=np.uint8)
+    labels = rank[inverse].reshape(h, w)
+    return (distinct.shape[0],), np.ascontiguousarray(distinct[order]).tobytes(), labels
+
+
+def _level_labels(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending distinct levels of a uint8 array and each value's index among them."""
+    present = np.bincount(values.reshape(-1), minlength=256) > 0
+    levels = np.flatnonzero(present).astype(np.uint8)
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[levels] = np.arange(levels.size, dtype=np.uint8)
+    return levels, lut[values]
+
+
+def _planar_layout(samples: np.ndarray, quant_mode: str) -> tuple[tuple[int, ...], bytes, np.ndarray]:
+    if quant_mode == "global":
+        levels, labels = _level_labels(samples)
+        return (levels.size,), levels.tobytes(), labels
+    tables, labels = [], np.empty_like(samples)
+    for c in range(samples.shape[2]):
+        levels, labels[:, :, c] = _level_labels(samples[:, :, c])
+        tables.append(levels)
+    return tuple(t.size for t in tables), b"".join(t.tobytes() for t in tables), labels
+
+
+def _palette_layout(img: Image.Image) -> _Layout:
+    """A "P" image: its palette (plus alpha, when any entry is not opaque) is the table, indices the labels."""
+    indices = np.asarray(img)
+    pal_mode = img.im.getpalettemode()
+    palette = img.im.getpalette(pal_mode, pal_mode)
+    entries = max(len(palette) // len(pal_mode), int(indices.max()) + 1)
+    probe = Image.frombytes("P", (entries, 1), bytes(range(entries)))
+    probe.putpalette(palette, pal_mode)
+    if "transparency" in img.info:
+        probe.info["transparency"] = img.info["transparency"]
+    rgba = np.asarray(probe.convert("RGBA")).reshape(entries, 4)
+    opaque = bool((rgba[:, 3] == 255).all())
+    table = rgba[:, :3] if opaque else rgba
+    return _Layout(
+        "rgb", "none" if opaque else "table", table.shape[1], (entries,), table.tobytes(), indices.copy(), None
+    )
+
+
+def _layouts(img: Image.Image, quant_pref: str | None, alpha_pref: str | None) -> list[_Layout]:
+    if img.mode == "P":
+        return [_palette_layout(img)]
+    parts = split_image(img, alpha="keep")
+    if parts.alpha is None:
+        kinds = ["none"]
+    else:
+        kinds = {"keep": ["plane"], "quantize": ["table"], None: ["plane", "table"]}[alpha_pref]
+    layouts = []
+
+    def add(kind: str, quant: str) -> None:
+        samples = parts.colour if kind != "table" else np.dstack([parts.colour, parts.alpha])
+        plane = parts.alpha if kind == "plane" else None
+        tables = _rgb_layout(samples) if quant == "rgb" else _planar_layout(samples, quant)
+        if tables is not None:
+            layouts.append(_Layout(quant, kind, samples.shape[2], *tables, plane))
+
+    if quant_pref in (None, "rgb"):
+        for kind in kinds:
+            add(kind, "rgb")
+        if quant_pref == "rgb" and not layouts:
+            raise ValueError("more than 256 colours: the image cannot be stored in rgb mode without quantizing")
+        if layouts:
+            return layouts
+    # Planar layouts always fit 8-bit samples; when choosing freely, alpha goes in its own plane.
+    for kind in kinds if quant_pref else kinds[:1]:
+        add(kind, quant_pref or "channel")
+    return layouts
+
+
+def _best_stream(raw: bytes, narrow: bool) -> tuple[int, bytes]:
+    """The smallest (codec, stored bytes) for an uncompressed stream; ties go to the lower codec id."""
+    best = (CODEC_STORED, bytes(raw))
+    for codec in _CODECS[1:]:
+        out = compress(raw, codec, narrow_alphabet=narrow)
+        if len(out) < len(best[1]):
+            best = (codec, out)
+    return best
+
+
+def _native_candidates(img: Image.Image, quant_pref: str | None, alpha_pref: str | None) -> list[bytes]:
+    files = []
+    for layout in _layouts(img, quant_pref, alpha_pref):
+        base = KqHeader(
+            width=img.width,
+            height=img.height,
+            image_mode=img.mode,
+            quant_mode=layout.quant_mode,
+            alpha=layout.alpha,
+            channels=layout.channels,
+            table_sizes=layout.table_sizes,
+            tables=layout.tables,
+        )
+        can_pack = any(plane_depth(m) < 8 for m in layout.table_sizes)
+        narrow = max(layout.table_sizes) <= 16
+        best_labels = None
+        for packed in (False, True) if can_pack else (False,):
+            raw = labels_to_stream(layout.labels, _with(base, packed=packed))
+            codec, stream = _best_stream(raw, narrow)
+            if best_labels is None or len(stream) < len(best_labels[2]):
+                best_labels = (packed, codec, stream)
+        packed, codec, stream = best_labels
+        alpha_codec, alpha_stream = CODEC_STORED, b""
+        if layout.alpha_plane is not None:
+            alpha_codec, alpha_stream = _best_stream(np.ascontiguousarray(layout.alpha_plane).tobytes(), False)
+        header = _with(
+            base,
+            packed=packed,
+            label_codec=codec,
+            label_length=len(stream),
+            alpha_codec=alpha_codec,
+            alpha_length=len(alpha_stream),
+        )
+        files.append(pack_file(header, stream, alpha_stream))
+    return files
+
+
+def _with(header: KqHeader, **changes: Any) -> KqHeader:
+    return replace(header, **changes)
+
+
+# -- PNG payload ----------------------------------------------------------------------------------
+
+
+def _clean_copy(img: Image.Image) -> Image.Image:
+    """The same pixels with no metadata (no ICC profile, EXIF, text) to bloat the PNG."""
+    if img.mode == "P":
+        pal_mode = img.im.getpalettemode()
+        out = Image.frombytes("P", img.size, img.tobytes())
+        out.putpalette(img.im.getpalette(pal_mode, pal_mode), pal_mode)
+        if "transparency" in img.info:
+            out.info["transparency"] = img.info["transparency"]
+        return out
+    return Image.frombytes(img.mode, img.size, img.tobytes())
+
+
+def _as_palette(img: Image.Image) -> Image.Image | None:
+    """The same pixels as a "P" image with exactly the colours used (RGBA palette for alpha), or None."""
+    if img.mode not in ("L", "LA", "RGB", "RGBA"):
+        return None
+    target = "RGBA" if img.mode in ("LA", "RGBA") else "RGB"
+    arr = np.asarray(img.convert(target))
+    colours, _, inverse = distinct_colours(arr.reshape(-1, arr.shape[2]))
+    if colours.shape[0] > 256:
+        return None
+    out = Image.frombytes("P", img.size, inverse.astype(np.uint8).tobytes())
+    out.putpalette(colours.tobytes(), target)
+    return out
+
+
+def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    if a.mode != b.mode or a.size != b.size or a.tobytes() != b.tobytes():
+        return False
+    if a.mode == "P":
+        return a.convert("RGBA").tobytes() == b.convert("RGBA").tobytes()
+    return True
+
+
+def _png_candidate(img: Image.Image) -> bytes | None:
+    """The smallest PNG payload file that decodes back to exactly ``img``, or None."""
+    streams = []
+    for version in (_clean_copy(img), _as_palette(img)):
+        if version is None:
+            continue
+        buf = io.BytesIO()
+        try:
+            version.save(buf, format="PNG", optimize=True)
+        except (OSError, ValueError):
+            continue
+        streams.append(buf.getvalue())
+    for png in sorted(streams, key=len):
+        header = KqHeader(
+            width=img.width,
+            height=img.height,
+            image_mode=img.mode,
+            payload="png",
+            quant_mode=None,
+            channels=0,
+            label_length=len(png),
+        )
+        try:
+            header.validate()
+            back = png_payload_image(header, png)
+        except OSError:
+            continue
+        if _same_pixels(back, img):
+            return pack_file(header, png)
+    return None

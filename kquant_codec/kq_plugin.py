@@ -1,0 +1,128 @@
+"""Pillow plugin for ``.kq`` files: format "KQ", extension ".kq", MIME type "image/x-kq".
+
+Opening is lazy like Pillow's own formats: ``Image.open`` reads and checks the header (and the centroid
+table), sets mode and size, and Pillow's decompression-bomb check runs on that size before any pixel data
+is read; the payload is read, checked and decoded on ``load()``.
+
+Errors: a file that is not ``.kq``, or whose header is invalid, makes ``Image.open`` raise Pillow's
+``UnidentifiedImageError``; a corrupt or truncated payload makes ``load()`` raise ``KqFormatError`` (an
+``OSError``), unless ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set, in which case a truncated payload leaves
+the image blank.
+
+Saving: ``img.save("x.kq", k=16, mode="rgb", seed=0, alpha="keep", fallback=True)``; every keyword is
+optional (see ``kquant_codec.encoder.encode_image``).
+
+After opening, ``img.kq_header`` is the parsed header; ``img.kq`` (which loads the image) is the decoded
+``KqImage`` with the centroid table(s) and labels.
+"""
+
+from __future__ import annotations
+
+from typing import IO
+
+from PIL import Image, ImageFile, ImagePalette
+
+from .container import FIXED_HEADER_SIZE, MAGIC, KqFormatError, KqHeader, header_length, unpack_header
+from .decoder import KqImage, decode_file, palette_of, read_at_most
+from .encoder import SAVE_OPTIONS, encode_image
+
+__all__ = ["KqImageFile", "KqDecoder", "register", "FORMAT", "EXTENSION", "MIME"]
+
+FORMAT = "KQ"
+EXTENSION = ".kq"
+MIME = "image/x-kq"
+_DECODER = "kq"
+
+
+def _accept(prefix: bytes) -> bool:
+    return prefix[: len(MAGIC)] == MAGIC
+
+
+class KqImageFile(ImageFile.ImageFile):
+    """A ``.kq`` file opened by Pillow. ``kq_header``: the parsed header; ``kq``: the decoded file."""
+
+    format = FORMAT
+    format_description = "k-means quantized image"
+
+    def _open(self) -> None:
+        assert self.fp is not None
+        fixed = self.fp.read(FIXED_HEADER_SIZE)
+        try:
+            rest = self.fp.read(header_length(fixed) - len(fixed))
+            header = unpack_header(fixed + rest)
+        except KqFormatError as exc:  # Pillow turns SyntaxError into UnidentifiedImageError
+            raise SyntaxError(str(exc)) from exc
+        self.kq_header: KqHeader = header
+        self._kq: KqImage | None = None
+        self._kq_palette: tuple[ImagePalette.ImagePalette, object] | None = None
+        self._size = header.size
+        self._mode = header.image_mode
+        if header.payload == "native" and header.image_mode == "P":
+            palette, transparency = palette_of(header)
+            self.palette = palette
+            if transparency is not None:
+                self.info["transparency"] = transparency
+        tile = (_DECODER, (0, 0) + header.size, header.header_length, (header, self))
+        self.tile = [ImageFile._Tile(*tile) if hasattr(ImageFile, "_Tile") else tile]
+
+    @property
+    def kq(self) -> KqImage | None:
+        """The decoded file (centroids, labels, alpha or PNG stream); loads the image. None if truncated."""
+        self.load()
+        return self._kq
+
+    def _kq_decoded(self, kq: KqImage, img: Image.Image) -> None:
+        self._kq = kq
+        if kq.png is not None and img.mode == "P":
+            pal_mode = img.im.getpalettemode()
+            palette = ImagePalette.raw(pal_mode, img.im.getpalette(pal_mode, pal_mode))
+            self._kq_palette = (palette, img.info.get("transparency"))
+
+    def load_end(self) -> None:
+        # A P image in a PNG payload brings its palette only with the pixels.
+        if self._kq_palette is not None:
+            self.palette, transparency = self._kq_palette
+            if transparency is not None:
+                self.info["transparency"] = transparency
+            self._kq_palette = None
+
+
+class KqDecoder(ImageFile.PyDecoder):
+    """Reads the whole payload (streams + CRC) from the file, checks it and fills the image."""
+
+    _pulls_fd = True
+
+    def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
+        header, owner = self.args
+        assert self.fd is not None
+        payload = read_at_most(self.fd, header.payload_length + 1)
+        if len(payload) < header.payload_length:
+            if ImageFile.LOAD_TRUNCATED_IMAGES:
+                return -1, 0
+            raise KqFormatError(f"image file is truncated ({len(payload)} of {header.payload_length} payload bytes)")
+        kq = decode_file(header, payload)
+        img = kq.to_image()
+        self.set_as_raw(img.tobytes(), img.mode)
+        owner._kq_decoded(kq, img)
+        return -1, 0
+
+
+def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    options = {key: im.encoderinfo[key] for key in SAVE_OPTIONS if key in im.encoderinfo}
+    fp.write(encode_image(im, **options))
+
+
+def _save_all(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    if getattr(im, "n_frames", 1) > 1 or im.encoderinfo.get("append_images"):
+        raise ValueError("a .kq file holds one image: save frames one by one")
+    _save(im, fp, filename)
+
+
+def register() -> None:
+    """Register the "KQ" format with Pillow (open, save, save_all, extension, MIME, decoder). Idempotent."""
+    Image.register_open(FORMAT, KqImageFile, _accept)
+    Image.register_save(FORMAT, _save)
+    Image.register_save_all(FORMAT, _save_all)
+    Image.register_extension(FORMAT, EXTENSION)
+    Image.register_mime(FORMAT, MIME)
+    Image.register_decoder(_DECODER, KqDecoder)
