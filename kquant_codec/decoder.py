@@ -13,7 +13,7 @@ import io
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
@@ -234,6 +234,7 @@ class KqImage:
     labels: np.ndarray | None
     alpha: np.ndarray | None
     png: bytes | None
+    _png_image: Image.Image | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -257,15 +258,18 @@ class KqImage:
     def to_image(self) -> Image.Image:
         """The decoded image, in the file's image mode and size."""
         if self.png is not None:
-            return png_payload_image(self.header, self.png)
+            if self._png_image is None:
+                self._png_image = png_payload_image(self.header, self.png)
+            return self._png_image.copy()
         return native_image(self.header, self.labels, self.alpha)
 
 
 def decode_file(header: KqHeader, payload: bytes) -> KqImage:
-    """Header + payload bytes (streams and payload CRC) -> ``KqImage``."""
+    """Header + payload bytes (streams and payload CRC) -> ``KqImage``, every part checked (a PNG payload is
+    decoded)."""
     if header.payload == "png":
         png, _ = split_payload(header, payload)
-        return KqImage(header, None, None, None, png)
+        return KqImage(header, None, None, None, png, png_payload_image(header, png))
     labels, alpha = decode_payload(header, payload)
     return KqImage(header, header.centroids, labels, alpha, None)
 

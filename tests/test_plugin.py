@@ -1,0 +1,418 @@
+"""The .kq format through Pillow and imageio, as a user meets it: lossless saves of every filter output,
+lazy opening, decompression-bomb protection, Pillow's error conventions, imageio with no plugin= argument.
+References are the filter's own output, Pillow's PNG codec and numpy."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import warnings
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+import kquant_codec as kq
+from kquant_codec import container as c
+from kquant_codec.encoder import _as_palette, _png_candidate, encode_image
+from kquant_codec.quantizer import lookup
+
+from .conftest import synthetic_images
+
+ALPHA_MODES = ("LA", "RGBA")
+
+
+def images() -> dict[str, Image.Image]:
+    out = dict(synthetic_images())
+    rgb = out["noise_rgb"]
+    for mode in ("YCbCr", "LAB", "HSV"):
+        out[f"noise_{mode.lower()}"] = (
+            rgb.convert(mode) if mode != "LAB" else Image.frombytes("LAB", rgb.size, rgb.tobytes())
+        )
+    p_int = out["palette"].copy()
+    p_int.info["transparency"] = 3
+    out["palette_transparent_index"] = p_int
+    p_bytes = out["palette"].copy()
+    p_bytes.info["transparency"] = bytes(range(0, 250, 7))
+    out["palette_transparent_bytes"] = p_bytes
+    return out
+
+
+IMAGES = images()
+
+
+def roundtrip(img: Image.Image, **options) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, format="KQ", **options)
+    buf.seek(0)
+    out = Image.open(buf)
+    out.load()
+    assert out.format == "KQ"
+    return out
+
+
+def assert_same_image(got: Image.Image, want: Image.Image) -> None:
+    assert got.mode == want.mode
+    assert got.size == want.size
+    assert got.tobytes() == want.tobytes()
+    if want.mode == "P":
+        assert got.convert("RGBA").tobytes() == want.convert("RGBA").tobytes()
+        n = len(want.getpalette())
+        assert got.getpalette()[:n] == want.getpalette()
+
+
+def filter_cases():
+    for name, img in IMAGES.items():
+        for mode in kq.MODES:
+            for alpha in ("keep", "quantize") if img.mode in ALPHA_MODES else ("keep",):
+                yield pytest.param(name, mode, alpha, id=f"{name}-{mode}-{alpha}")
+
+
+@pytest.mark.parametrize(("name", "mode", "alpha"), list(filter_cases()))
+@pytest.mark.parametrize("fallback", [True, False], ids=["any", "native"])
+def test_saving_filter_output_is_lossless(name, mode, alpha, fallback):
+    """Every image mode the filter supports x every quant mode x alpha option: same pixels, same mode."""
+    q = IMAGES[name].filter(kq.KMeansQuantize(5, mode=mode, alpha=alpha))
+    got = roundtrip(q, fallback=fallback)
+    assert_same_image(got, q)
+    if not fallback:
+        assert got.kq_header.payload == "native"
+    # quantizing while saving gives exactly the filter's pixels
+    assert_same_image(roundtrip(IMAGES[name], k=5, mode=mode, alpha=alpha, fallback=fallback), q)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_saving_without_options_stores_the_input_exactly(name):
+    img = IMAGES[name]
+    assert_same_image(roundtrip(img), img)
+    assert_same_image(roundtrip(img, fallback=False), img)
+    for fallback in (True, False):  # and without Pillow's plugin machinery
+        assert_same_image(kq.read_kq(encode_image(img, fallback=fallback)).to_image(), img)
+
+
+@pytest.mark.parametrize("name", ["noise_rgb", "gradient_L", "noise_rgba", "cmyk"])
+@pytest.mark.parametrize("mode", ["global", "channel"])
+def test_mode_without_k_is_lossless_for_1d_modes(name, mode):
+    img = IMAGES[name]
+    got = roundtrip(img, mode=mode, fallback=False)
+    assert_same_image(got, img)
+    assert got.kq_header.quant_mode == mode
+
+
+def test_mode_rgb_without_k_quantizes_to_256_colours():
+    img = Image.fromarray(np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    got = roundtrip(img, mode="rgb", fallback=False)
+    assert_same_image(got, img.filter(kq.KMeansQuantize(256)))
+
+
+def test_palette_png_payload_keeps_indices_palette_and_transparency():
+    img = IMAGES["palette_transparent_bytes"]
+    data = _png_candidate(img)
+    assert kq.kq_info(data).payload == "png"
+    got = Image.open(io.BytesIO(data))
+    assert got.mode == "P"
+    got.load()
+    assert_same_image(got, img)
+    assert "transparency" in got.info
+
+
+def test_palette_native_payload_keeps_palette_alpha():
+    img = IMAGES["palette_transparent_index"]
+    got = roundtrip(img, fallback=False)
+    assert got.kq_header.alpha == "table"
+    assert got.info["transparency"] == 3
+    assert_same_image(got, img)
+
+
+def test_png_fallback_is_pillows_png_and_never_larger():
+    for name, img in IMAGES.items():
+        data = encode_image(img)
+        native = encode_image(img, fallback=False) if img.mode in c.NATIVE_MODES else None
+        png = _png_candidate(img) if img.mode in c.PNG_MODES else None
+        sizes = [len(x) for x in (native, png) if x is not None]
+        assert len(data) == min(sizes), name
+        if kq.kq_info(data).payload == "png":
+            info = kq.kq_info(data)
+            stream = data[info.header_bytes : info.header_bytes + info.payload_bytes - 4]
+            assert Image.open(io.BytesIO(stream)).format == "PNG"
+
+
+def test_i16_images_go_through_the_png_payload():
+    img = Image.new("I;16", (7, 5))
+    img.putpixel((3, 2), 60000)
+    got = roundtrip(img)
+    assert got.kq_header.payload == "png"
+    assert_same_image(got, img)
+
+
+@pytest.mark.parametrize("mode", ["F", "I", "RGBX"])
+def test_unstorable_modes_raise_value_error_and_leave_no_file(tmp_path, mode):
+    path = tmp_path / "x.kq"
+    with pytest.raises(ValueError, match="cannot"):
+        Image.new(mode, (4, 4)).save(path)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"k": 0}, {"k": 300}, {"mode": "lab"}, {"alpha": "drop"}, {"seed": 1.5}, {"fallback": "no"}],
+)
+def test_bad_save_options_raise_value_error(options):
+    with pytest.raises(ValueError):
+        IMAGES["noise_rgb"].save(io.BytesIO(), format="KQ", **options)
+
+
+def test_empty_image_cannot_be_saved():
+    with pytest.raises(ValueError, match="empty"):
+        Image.new("RGB", (0, 3)).save(io.BytesIO(), format="KQ")
+
+
+def test_same_image_and_options_give_identical_bytes(china_small):
+    a = encode_image(china_small, k=16, mode="rgb", seed=3)
+    b = encode_image(china_small.copy(), k=16, mode="rgb", seed=3)
+    assert a == b
+    script = (
+        "import sys, kquant_codec as kq; from PIL import Image; "
+        "img = Image.open(sys.argv[1]); sys.stdout.buffer.write(kq.encode_image(img, k=16, mode='rgb', seed=3))"
+    )
+    src = io.BytesIO()
+    china_small.save(src, format="PNG")
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"kq_determinism_{os.getpid()}.png")
+    with open(path, "wb") as fp:
+        fp.write(src.getvalue())
+    try:
+        out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, check=True, timeout=120)
+    finally:
+        os.unlink(path)
+    assert out.stdout == a
+
+
+# -- the issue's user story ---------------------------------------------------------------------
+
+
+def test_issue_example(tmp_path, china_small):
+    photo = tmp_path / "photo.jpg"
+    china_small.save(photo, quality=90)
+    q = Image.open(photo).filter(kq.KMeansQuantize(16))
+    q.save(tmp_path / "photo.kq")
+    assert Image.open(tmp_path / "photo.kq").tobytes() == q.tobytes()
+    assert list(Image.open(tmp_path / "photo.kq").get_flattened_data()) == list(q.get_flattened_data())
+
+    Image.open(photo).save(tmp_path / "small.kq", k=32)
+    small = Image.open(tmp_path / "small.kq")
+    assert len(small.getcolors(1 << 24)) <= 32
+    arr = iio.imread(tmp_path / "small.kq")
+    assert np.array_equal(arr, np.asarray(small))
+    iio.imwrite(tmp_path / "again.kq", arr)
+    assert np.array_equal(iio.imread(tmp_path / "again.kq"), arr)
+
+
+def test_decoded_file_exposes_centroids_and_labels(china_small):
+    data = encode_image(china_small, k=12, mode="rgb", fallback=False)
+    img = Image.open(io.BytesIO(data))
+    assert img.kq_header.table_sizes == (12,)
+    decoded = img.kq  # loads
+    assert decoded.centroids.shape == (12, 3) and decoded.labels.shape == (64, 96)
+    assert np.array_equal(lookup("rgb", decoded.centroids, decoded.labels), np.asarray(img))
+    same = kq.read_kq(data)
+    assert np.array_equal(same.centroids, decoded.centroids) and np.array_equal(same.labels, decoded.labels)
+    ch = kq.read_kq(encode_image(china_small, k=6, mode="channel", fallback=False))
+    assert [t.size for t in ch.centroids] == [6, 6, 6] and ch.labels.shape == (64, 96, 3)
+    assert np.array_equal(ch.samples(), np.asarray(ch.to_image()))
+
+
+def test_kq_info_reports_header_facts(tmp_path, china_small):
+    path = tmp_path / "x.kq"
+    china_small.save(path, k=16)
+    info = kq.kq_info(path)
+    assert (info.width, info.height, info.image_mode, info.quant_mode) == (96, 64, "RGB", "rgb")
+    assert info.payload == "native" and info.table_sizes == (16,) and info.k == 16
+    assert info.file_bytes == path.stat().st_size == info.header_bytes + info.payload_bytes
+    assert info.codec in ("stored", "zlib", "lzma2")
+    with open(path, "rb") as fp:
+        assert kq.kq_info(fp) == info
+
+
+# -- Pillow conventions --------------------------------------------------------------------------
+
+
+def test_registration():
+    assert Image.registered_extensions()[".kq"] == "KQ"
+    assert Image.MIME["KQ"] == "image/x-kq"
+    assert "KQ" in Image.SAVE and "KQ" in Image.SAVE_ALL
+    kq.register()
+    kq.register()
+    assert Image.ID.count("KQ") == 1
+    img = Image.open(io.BytesIO(encode_image(IMAGES["flat_rgb"])))
+    assert img.get_format_mimetype() == "image/x-kq"
+
+
+def test_save_all_single_frame_and_refusing_many(tmp_path):
+    IMAGES["noise_rgb"].save(tmp_path / "a.kq", save_all=True)
+    assert_same_image(Image.open(tmp_path / "a.kq"), IMAGES["noise_rgb"])
+    with pytest.raises(ValueError, match="one image"):
+        IMAGES["noise_rgb"].save(tmp_path / "b.kq", save_all=True, append_images=[IMAGES["noise_rgb"]])
+
+
+class CountingReader(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.furthest = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        out = super().read(n)
+        self.furthest = max(self.furthest, self.tell())
+        return out
+
+
+def test_open_is_lazy_header_on_open_pixels_on_load(china_small):
+    data = encode_image(china_small, k=8)
+    fp = CountingReader(data)
+    img = Image.open(fp)
+    header_end = kq.kq_info(data).header_bytes
+    assert img.size == (96, 64) and img.mode == "RGB"
+    assert fp.furthest <= header_end
+    img.load()
+    assert fp.furthest == len(data)
+
+
+def bomb_file(width: int, height: int) -> bytes:
+    header = c.KqHeader(
+        width=width,
+        height=height,
+        image_mode="L",
+        channels=1,
+        label_codec=c.CODEC_ZLIB,
+        label_length=16,
+        table_sizes=(1,),
+        tables=b"\0",
+    )
+    return c.pack_file(header, bytes(16))
+
+
+def test_huge_declared_size_raises_decompression_bomb_error_before_reading_payload():
+    data = bomb_file(16000, 16000)  # 256 M pixels: within the format, beyond 2 x MAX_IMAGE_PIXELS
+    fp = CountingReader(data)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(fp)
+    assert fp.furthest <= kq.kq_info(data).header_bytes
+    with pytest.raises(Image.DecompressionBombError):
+        kq.read_kq(data)
+
+
+def test_max_image_pixels_is_honoured(monkeypatch, china_small):
+    data = encode_image(china_small, k=4)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(data))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(data))
+    with pytest.warns(Image.DecompressionBombWarning):
+        kq.read_kq(data)
+
+
+def test_not_a_kq_file_and_bad_headers_are_unidentified():
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(b"hello world, not an image at all"))
+    data = bytearray(encode_image(IMAGES["flat_rgb"]))
+    data[8] = 9  # version
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(bytes(data)))
+    data = bytearray(encode_image(IMAGES["flat_rgb"]))
+    data[20] ^= 1  # height, caught by the header CRC
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(bytes(data)))
+
+
+def test_corrupt_payload_is_an_oserror_on_load():
+    data = bytearray(encode_image(IMAGES["noise_rgb"], k=4, fallback=False))
+    data[-6] ^= 0x10
+    img = Image.open(io.BytesIO(bytes(data)))  # the header is fine
+    with pytest.raises(OSError, match="payload CRC mismatch"):
+        img.load()
+
+
+def test_truncated_payload_at_every_length():
+    data = encode_image(IMAGES["noise_rgba"], k=4, fallback=False)
+    header_end = kq.kq_info(data).header_bytes
+    for n in range(len(data)):
+        if n < header_end:
+            with pytest.raises(UnidentifiedImageError):
+                Image.open(io.BytesIO(data[:n]))
+            continue
+        img = Image.open(io.BytesIO(data[:n]))
+        with pytest.raises(OSError, match="truncated"):
+            img.load()
+
+
+def test_load_truncated_images_gives_a_blank_image(monkeypatch):
+    data = encode_image(IMAGES["noise_rgb"], k=4, fallback=False)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    img = Image.open(io.BytesIO(data[:-10]))
+    img.load()
+    assert img.size == IMAGES["noise_rgb"].size and not any(img.tobytes())
+
+
+def test_trailing_bytes_are_an_error_on_load():
+    img = Image.open(io.BytesIO(encode_image(IMAGES["noise_rgb"]) + b"extra"))
+    with pytest.raises(OSError, match="unexpected bytes"):
+        img.load()
+
+
+# -- imageio -------------------------------------------------------------------------------------
+
+
+def test_imageio_paths_and_bytes_without_plugin_argument(tmp_path):
+    arr = np.asarray(IMAGES["noise_rgb"])
+    iio.imwrite(tmp_path / "x.kq", arr, k=6)
+    back = iio.imread(tmp_path / "x.kq")
+    assert back.shape == arr.shape and len(np.unique(back.reshape(-1, 3), axis=0)) <= 6
+    assert kq.kq_info(tmp_path / "x.kq").table_sizes == (6,)
+    blob = iio.imwrite("<bytes>", arr, extension=".kq")
+    assert blob[:8] == c.MAGIC
+    assert np.array_equal(iio.imread(blob, extension=".kq"), arr)
+    props = iio.improps(blob, extension=".kq")
+    assert props.shape == arr.shape and props.dtype == np.uint8
+    assert iio.immeta(tmp_path / "x.kq")["mode"] == "RGB"
+
+
+def test_imageio_registration_is_idempotent():
+    from imageio.config import known_extensions
+
+    kq.register()
+    assert [e.name for e in known_extensions[".kq"]].count("KQ") == 1
+    assert known_extensions[".kq"][0].priority == ["pillow"]
+
+
+# -- cost and size -------------------------------------------------------------------------------
+
+
+def test_import_is_cheap_and_does_not_import_scikit_learn():
+    code = (
+        "import sys, time; t = time.perf_counter(); import kquant_codec; t = time.perf_counter() - t; "
+        "print(t, 'sklearn' in sys.modules, 'scipy' in sys.modules)"
+    )
+    best = None
+    for _ in range(3):  # the best of three, so that a busy machine does not fail the test
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+        seconds, sklearn, scipy = out.stdout.split()
+        assert sklearn == "False" and scipy == "False"
+        best = float(seconds) if best is None else min(best, float(seconds))
+    assert best < 1.0, f"import kquant_codec took {best:.2f} s"
+
+
+@pytest.mark.parametrize("k", [16, 64])
+def test_kq_is_no_larger_than_optimized_palette_png(china, k):
+    """The issue's size target, on the full photo (k=256 and flower.jpg are in the report)."""
+    q = china.filter(kq.KMeansQuantize(k))
+    png = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _as_palette(q).save(png, format="PNG", optimize=True)
+    data = encode_image(q)
+    assert len(data) <= png.tell()
+    assert kq.kq_info(data).payload == "native"
