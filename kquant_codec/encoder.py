@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import numbers
+import zlib
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,6 +32,7 @@ from .container import (
     MAX_SIDE,
     NATIVE_MODES,
     PNG_MODES,
+    QUANT_MODES,
     KqHeader,
     compress,
     labels_to_stream,
@@ -74,8 +76,8 @@ def encode_image(
 
     k : 1..256 centroids (per channel in "channel" mode); None stores the pixels exactly (or at k=256 when
         ``mode`` is given).
-    mode : "rgb", "global" or "channel"; None picks the smallest lossless layout (rgb when the image has
-        <= 256 colours, else channel) — or "rgb" when ``k`` is given.
+    mode : "rgb", "global" or "channel"; None picks the smallest lossless layout among rgb (when the image
+        has <= 256 colours), global and channel — or quantizes in "rgb" mode when ``k`` is given.
     seed : k-means++ seed ("rgb" mode).
     alpha : "keep" (alpha exact, its own plane) or "quantize" (alpha is one more centroid channel); None:
         "keep" when quantizing, else whichever is smaller. "P" images keep transparency in the palette.
@@ -208,16 +210,11 @@ def _layouts(img: Image.Image, quant_pref: str | None, alpha_pref: str | None) -
         if tables is not None:
             layouts.append(_Layout(quant, kind, samples.shape[2], *tables, plane))
 
-    if quant_pref in (None, "rgb"):
-        for kind in kinds:
-            add(kind, "rgb")
-        if quant_pref == "rgb" and not layouts:
-            raise ValueError("more than 256 colours: the image cannot be stored in rgb mode without quantizing")
-        if layouts:
-            return layouts
-    # Planar layouts always fit 8-bit samples; when choosing freely, alpha goes in its own plane.
-    for kind in kinds if quant_pref else kinds[:1]:
-        add(kind, quant_pref or "channel")
+    for kind in kinds:
+        for quant in [quant_pref] if quant_pref else list(QUANT_MODES):
+            add(kind, quant)
+    if not layouts:
+        raise ValueError("more than 256 colours: the image cannot be stored in rgb mode without quantizing")
     return layouts
 
 
@@ -231,33 +228,62 @@ def _best_stream(raw: bytes, narrow: bool) -> tuple[int, bytes]:
     return best
 
 
+def _shortlist(img: Image.Image, layouts: list[_Layout]) -> list[tuple[_Layout, dict[bool, bytes]]]:
+    """Each distinct layout with its uncompressed label streams (unpacked, and packed when that differs),
+    keeping only layouts whose quick zlib estimate is within 10% of the best one, to spend the slow
+    LZMA2 passes where they can win."""
+    entries, seen, alpha_estimate = [], set(), None
+    for layout in layouts:
+        base = _with(_header_for(img, layout), packed=False)
+        streams = {False: labels_to_stream(layout.labels, base)}
+        if any(plane_depth(m) < 8 for m in layout.table_sizes):
+            streams[True] = labels_to_stream(layout.labels, _with(base, packed=True))
+        key = (layout.alpha, layout.tables, streams[False])
+        if key in seen:  # e.g. rgb, global and channel of a one-channel image
+            continue
+        seen.add(key)
+        estimate = len(layout.tables) + min(len(zlib.compress(raw, 6)) for raw in streams.values())
+        if layout.alpha_plane is not None:
+            if alpha_estimate is None:
+                alpha_estimate = len(zlib.compress(np.ascontiguousarray(layout.alpha_plane).tobytes(), 6))
+            estimate += alpha_estimate
+        entries.append((estimate, layout, streams))
+    best = min(e[0] for e in entries)
+    return [(layout, streams) for estimate, layout, streams in entries if estimate <= best + best // 10 + 64]
+
+
+def _header_for(img: Image.Image, layout: _Layout) -> KqHeader:
+    return KqHeader(
+        width=img.width,
+        height=img.height,
+        image_mode=img.mode,
+        quant_mode=layout.quant_mode,
+        alpha=layout.alpha,
+        channels=layout.channels,
+        table_sizes=layout.table_sizes,
+        tables=layout.tables,
+    )
+
+
 def _native_candidates(img: Image.Image, quant_pref: str | None, alpha_pref: str | None) -> list[bytes]:
     files = []
-    for layout in _layouts(img, quant_pref, alpha_pref):
-        base = KqHeader(
-            width=img.width,
-            height=img.height,
-            image_mode=img.mode,
-            quant_mode=layout.quant_mode,
-            alpha=layout.alpha,
-            channels=layout.channels,
-            table_sizes=layout.table_sizes,
-            tables=layout.tables,
-        )
-        can_pack = any(plane_depth(m) < 8 for m in layout.table_sizes)
+    alpha_streams: dict[int, tuple[int, bytes]] = {}
+    for layout, streams in _shortlist(img, _layouts(img, quant_pref, alpha_pref)):
         narrow = max(layout.table_sizes) <= 16
         best_labels = None
-        for packed in (False, True) if can_pack else (False,):
-            raw = labels_to_stream(layout.labels, _with(base, packed=packed))
+        for packed, raw in streams.items():
             codec, stream = _best_stream(raw, narrow)
             if best_labels is None or len(stream) < len(best_labels[2]):
                 best_labels = (packed, codec, stream)
         packed, codec, stream = best_labels
         alpha_codec, alpha_stream = CODEC_STORED, b""
         if layout.alpha_plane is not None:
-            alpha_codec, alpha_stream = _best_stream(np.ascontiguousarray(layout.alpha_plane).tobytes(), False)
+            key = id(layout.alpha_plane)
+            if key not in alpha_streams:
+                alpha_streams[key] = _best_stream(np.ascontiguousarray(layout.alpha_plane).tobytes(), False)
+            alpha_codec, alpha_stream = alpha_streams[key]
         header = _with(
-            base,
+            _header_for(img, layout),
             packed=packed,
             label_codec=codec,
             label_length=len(stream),
