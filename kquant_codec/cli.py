@@ -8,6 +8,7 @@ Errors are one line on stderr, never a traceback (set KQUANT_DEBUG=1 to see one)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -112,10 +113,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     info = kq.kq_info(args.output)
     in_size = Path(args.input).stat().st_size
+    k = f"k={info.k}, " if info.k else ""
     print(
-        f"{args.output}: {size} bytes, {info.width}x{info.height} {info.image_mode}, "
-        f"mode {info.quant_mode}, {info.payload} payload, {in_size / max(size, 1):.2f}x smaller than "
-        f"{Path(args.input).name} ({in_size} bytes), {seconds:.2f} s"
+        f"{args.output}: {size} bytes ({in_size} bytes in), {info.width}x{info.height} {info.image_mode}, "
+        f"{k}mode {info.quant_mode or '-'}, {info.payload} payload, {seconds:.2f} s"
     )
     return EXIT_OK
 
@@ -140,7 +141,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     _open_input(args.input)  # proves the whole file decodes (CRC included) before we report on it
     info = kq.kq_info(args.input)
-    facts = dict(info.as_dict()) if hasattr(info, "as_dict") else dict(vars(info))
+    facts = dataclasses.asdict(info)
     from PIL import Image
 
     with Image.open(args.input) as img:

@@ -1,0 +1,169 @@
+"""The kquant command line, run as a user would: in a subprocess, through the installed entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import kquant_codec  # noqa: F401 - registers .kq with Pillow for the checks below
+
+KQUANT = [sys.executable, "-m", "kquant_codec.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*KQUANT, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture()
+def photo(tmp_path, china_small) -> Path:
+    path = tmp_path / "photo.png"
+    china_small.save(path)
+    return path
+
+
+def test_encode_decode_info_roundtrip(tmp_path, photo):
+    kq = tmp_path / "photo.kq"
+    r = run("encode", str(photo), str(kq), "-k", "16", "--mode", "rgb")
+    assert r.returncode == 0, r.stderr
+    assert kq.exists() and "bytes" in r.stdout
+    quantized = Image.open(photo).convert("RGB").filter(kquant_codec.KMeansQuantize(16))
+    assert Image.open(kq).tobytes() == quantized.tobytes()
+
+    out = tmp_path / "back.png"
+    r = run("decode", str(kq), str(out))
+    assert r.returncode == 0, r.stderr
+    back = Image.open(out)
+    assert back.mode == "P"  # indexed PNG: 16 colours allow one
+    assert back.convert("RGB").tobytes() == quantized.tobytes()
+
+    r = run("info", str(kq), "--json")
+    assert r.returncode == 0, r.stderr
+    facts = json.loads(r.stdout)
+    assert facts["width"] == 96 and facts["height"] == 64 and facts["payload"] in ("native", "png")
+    assert facts["ratio_vs_png"] > 0
+
+
+@pytest.mark.parametrize("mode", ["global", "channel"])
+def test_encode_other_modes(tmp_path, photo, mode):
+    kq = tmp_path / f"{mode}.kq"
+    r = run("encode", str(photo), str(kq), "-k", "8", "--mode", mode)
+    assert r.returncode == 0, r.stderr
+    expected = Image.open(photo).convert("RGB").filter(kquant_codec.KMeansQuantize(8, mode=mode))
+    assert Image.open(kq).tobytes() == expected.tobytes()
+
+
+def test_bench_prints_every_mode_and_k(photo):
+    r = run("bench", str(photo), "-k", "2", "16", "--mode", "rgb", "global", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(row["mode"], row["k"]) for row in rows] == [("rgb", 2), ("rgb", 16), ("global", 2), ("global", 16)]
+    for row in rows:
+        assert row["kq_bytes"] > 0 and row["png_quantized_bytes"] > 0 and row["psnr"] > 0
+    r = run("bench", str(photo), "-k", "4", "--mode", "channel")
+    assert r.returncode == 0 and "channel" in r.stdout and "PSNR" in r.stdout
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, photo):
+    kq = tmp_path / "photo.kq"
+    kq.write_bytes(b"precious")
+    r = run("encode", str(photo), str(kq), "-k", "4")
+    assert r.returncode == 4 and "exists" in r.stderr and "Traceback" not in r.stderr
+    assert kq.read_bytes() == b"precious"
+    r = run("encode", str(photo), str(kq), "-k", "4", "--force")
+    assert r.returncode == 0 and kq.read_bytes() != b"precious"
+
+
+def test_never_writes_onto_its_input(tmp_path, photo):
+    before = photo.read_bytes()
+    r = run("decode", str(photo), str(photo), "--force")
+    assert r.returncode == 4 and "input" in r.stderr
+    assert photo.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("encode", "missing.png", "x.kq"), 3),
+        (("encode", "notimage.txt", "x.kq"), 3),
+        (("info", "notimage.txt"), 3),
+        (("encode", "photo.png", "x.kq", "-k", "300"), 2),
+        (("encode", "photo.png", "x.kq", "--mode", "lab"), 2),
+        (("decode", "photo.png", "out.unknownext"), 2),
+        (("frobnicate",), 2),
+    ],
+)
+def test_errors_are_one_line_with_distinct_codes(tmp_path, photo, args, code):
+    (tmp_path / "notimage.txt").write_text("hello")
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") <= 1 or r.stderr.startswith("usage:")
+    assert not (tmp_path / "x.kq").exists()
+
+
+def test_corrupt_kq_is_an_input_error(tmp_path, photo):
+    kq = tmp_path / "photo.kq"
+    assert run("encode", str(photo), str(kq), "-k", "4").returncode == 0
+    data = bytearray(kq.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    bad = tmp_path / "bad.kq"
+    bad.write_bytes(bytes(data))
+    r = run("decode", str(bad), str(tmp_path / "out.png"))
+    assert r.returncode == 3 and "Traceback" not in r.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_sigkill_mid_write_leaves_old_file_untouched(tmp_path):
+    """Kill kquant while it writes a large output: the target keeps the old file, never a partial one."""
+    source = tmp_path / "stripes.kq"
+    x = np.arange(1000 * 1000, dtype=np.uint32).reshape(1000, 1000)
+    stripes = np.dstack([(x * 7) % 256, (x // 1000) % 256, (x * 3) % 256]).astype(np.uint8)
+    Image.fromarray(stripes).filter(kquant_codec.KMeansQuantize(4, mode="global")).save(source)
+    target = tmp_path / "out.bmp"  # 3 MB of output: enough writes to be killed in the middle
+    target.write_bytes(b"old contents")
+    # A slow writer: the output file object is throttled so the kill lands mid-write.
+    code = (
+        "import sys, time, kquant_codec.safe_write as sw\n"
+        "real = sw.atomic_output\n"
+        "import contextlib\n"
+        "@contextlib.contextmanager\n"
+        "def slow(path, **kw):\n"
+        "    with real(path, **kw) as fh:\n"
+        "        class Slow:\n"
+        "            def write(self, data):\n"
+        "                mv = memoryview(data)\n"
+        "                for i in range(0, len(mv), 4096):\n"
+        "                    fh.write(mv[i:i+4096]); fh.flush(); time.sleep(0.001)\n"
+        "                print('WRITING', flush=True)\n"
+        "        yield Slow()\n"
+        "sw.atomic_output = slow\n"
+        "from kquant_codec.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "decode", str(source), str(target), "--force"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # Wait until a temporary file beside the target is growing, then kill.
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        temps = [p for p in tmp_path.iterdir() if p.name.startswith(".out.bmp.")]
+        if temps and temps[0].stat().st_size > 64 * 1024:
+            break
+        time.sleep(0.01)
+    else:
+        proc.kill()
+        pytest.fail("the decoder never started writing")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.read_bytes() == b"old contents"
