@@ -42,11 +42,11 @@ from .container import (
 from .decoder import png_payload_image
 from .pixels import SUPPORTED_MODES, split_image
 from .quantize import check_alpha
-from .quantizer import check_k, check_mode, distinct_colours
+from .quantizer import check_k, check_mode
 
 __all__ = ["encode_image", "SAVE_OPTIONS"]
 
-SAVE_OPTIONS = ("k", "mode", "seed", "alpha", "fallback")
+SAVE_OPTIONS = ("k", "mode", "quant_mode", "seed", "alpha", "fallback")
 _CODECS = (CODEC_STORED, CODEC_ZLIB, CODEC_LZMA2)
 
 
@@ -71,6 +71,7 @@ def encode_image(
     seed: int = 0,
     alpha: str | None = None,
     fallback: bool = True,
+    quant_mode: str | None = None,
 ) -> bytes:
     """Encode a Pillow image as a ``.kq`` file and return its bytes.
 
@@ -82,9 +83,15 @@ def encode_image(
     alpha : "keep" (alpha exact, its own plane) or "quantize" (alpha is one more centroid channel); None:
         "keep" when quantizing, else whichever is smaller. "P" images keep transparency in the palette.
     fallback : allow a PNG payload when it is smaller (or the only way to store the image).
+    quant_mode : another name for ``mode``, for callers where ``mode`` means something else (imageio's
+        ``imwrite`` takes ``mode`` as the Pillow image mode: use ``iio.imwrite(p, arr, quant_mode="channel")``).
 
     Raises ``ValueError`` for bad options, empty or oversized images, and modes that cannot be stored.
     """
+    if quant_mode is not None:
+        if mode is not None and mode != quant_mode:
+            raise ValueError(f"mode={mode!r} and quant_mode={quant_mode!r} disagree: give one of them")
+        mode = quant_mode
     _check_options(k, mode, seed, alpha, fallback)
     img.load()
     width, height = img.size
@@ -143,11 +150,39 @@ def _order_key(colours: np.ndarray) -> np.ndarray:
     return np.lexsort(keys)
 
 
+def few_colours(samples: np.ndarray, limit: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
+    """The distinct colours of (H, W, C) uint8 samples (C <= 4) when there are at most ``limit``, else None.
+
+    Returns (colours (m, C) uint8, sorted as tuples; index (H * W,) uint8 with ``colours[index]`` equal to
+    the pixels). Exact; fast on big images with few colours: the colours of a subsample are found first and
+    every pixel is then looked up among them, with a second round for any colour the subsample missed.
+    """
+    h, w, channels = samples.shape
+    flat = samples.reshape(-1, channels).astype(np.uint32)
+    keys = np.zeros(flat.shape[0], dtype=np.uint32)
+    for c in range(channels):
+        keys = (keys << np.uint32(8)) | flat[:, c]
+    found = np.unique(keys[:: max(1, keys.size // 65536)])
+    for _ in range(2):
+        if found.size > limit:
+            return None
+        index = np.minimum(np.searchsorted(found, keys), found.size - 1)
+        missing = found[index] != keys
+        if not missing.any():
+            colours = np.empty((found.size, channels), dtype=np.uint8)
+            for c in range(channels):
+                colours[:, c] = (found >> np.uint32(8 * (channels - 1 - c))) & np.uint32(0xFF)
+            return colours, index.astype(np.uint8)
+        found = np.union1d(found, np.unique(keys[missing]))
+    raise AssertionError("unreachable: the second round includes every key")
+
+
 def _rgb_layout(samples: np.ndarray) -> tuple[tuple[int, ...], bytes, np.ndarray] | None:
     h, w, channels = samples.shape
-    distinct, _, inverse = distinct_colours(samples.reshape(-1, channels))
-    if distinct.shape[0] > 256:
+    palette = few_colours(samples)
+    if palette is None:
         return None
+    distinct, inverse = palette
     order = _order_key(distinct)
     rank = np.empty(order.size, dtype=np.uint8)
     rank[order] = np.arange(order.size, dtype=np.uint8)
@@ -228,10 +263,18 @@ def _best_stream(raw: bytes, narrow: bool) -> tuple[int, bytes]:
     return best
 
 
+def _estimate(raw: bytes) -> int:
+    """A quick stand-in for a stream's compressed size (zlib level 1), for ranking layouts and packings."""
+    return len(zlib.compress(raw, 1))
+
+
 def _shortlist(img: Image.Image, layouts: list[_Layout]) -> list[tuple[_Layout, dict[bool, bytes]]]:
-    """Each distinct layout with its uncompressed label streams (unpacked, and packed when that differs),
-    keeping only layouts whose quick zlib estimate is within 10% of the best one, to spend the slow
-    LZMA2 passes where they can win."""
+    """Each distinct layout with the uncompressed label streams worth compressing in earnest.
+
+    Streams: unpacked, and packed when that differs (both kept: which one LZMA2 compresses better is not
+    predicted well by quick estimates). Layouts: only those whose estimate (tables + labels + alpha plane)
+    is within 10% of the best, so the slow LZMA2 passes are spent only where they can win.
+    """
     entries, seen, alpha_estimate = [], set(), None
     for layout in layouts:
         base = _with(_header_for(img, layout), packed=False)
@@ -242,10 +285,10 @@ def _shortlist(img: Image.Image, layouts: list[_Layout]) -> list[tuple[_Layout, 
         if key in seen:  # e.g. rgb, global and channel of a one-channel image
             continue
         seen.add(key)
-        estimate = len(layout.tables) + min(len(zlib.compress(raw, 6)) for raw in streams.values())
+        estimate = len(layout.tables) + min(_estimate(raw) for raw in streams.values())
         if layout.alpha_plane is not None:
             if alpha_estimate is None:
-                alpha_estimate = len(zlib.compress(np.ascontiguousarray(layout.alpha_plane).tobytes(), 6))
+                alpha_estimate = _estimate(np.ascontiguousarray(layout.alpha_plane).tobytes())
             estimate += alpha_estimate
         entries.append((estimate, layout, streams))
     best = min(e[0] for e in entries)
@@ -318,11 +361,11 @@ def _as_palette(img: Image.Image) -> Image.Image | None:
     if img.mode not in ("L", "LA", "RGB", "RGBA"):
         return None
     target = "RGBA" if img.mode in ("LA", "RGBA") else "RGB"
-    arr = np.asarray(img.convert(target))
-    colours, _, inverse = distinct_colours(arr.reshape(-1, arr.shape[2]))
-    if colours.shape[0] > 256:
+    palette = few_colours(np.asarray(img.convert(target)))
+    if palette is None:
         return None
-    out = Image.frombytes("P", img.size, inverse.astype(np.uint8).tobytes())
+    colours, inverse = palette
+    out = Image.frombytes("P", img.size, inverse.tobytes())
     out.putpalette(colours.tobytes(), target)
     return out
 

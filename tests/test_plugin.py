@@ -17,7 +17,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 import kquant_codec as kq
 from kquant_codec import container as c
-from kquant_codec.encoder import _as_palette, _png_candidate, encode_image
+from kquant_codec.encoder import _as_palette, _png_candidate, encode_image, few_colours
 from kquant_codec.quantizer import lookup
 
 from .conftest import synthetic_images
@@ -188,6 +188,39 @@ def test_same_image_and_options_give_identical_bytes(china_small):
     finally:
         os.unlink(path)
     assert out.stdout == a
+
+
+@pytest.mark.parametrize(
+    ("channels", "n_colours"), [(ch, n) for ch in (1, 2, 3, 4) for n in (1, 7, 256, 257) if (ch, n) != (1, 257)]
+)
+def test_few_colours_matches_numpy_unique(channels, n_colours):
+    rng = np.random.default_rng(channels * 1000 + n_colours)
+    if channels == 1:
+        palette = rng.permutation(256).astype(np.uint8)[:n_colours, None]
+    else:
+        palette = np.unique(rng.integers(0, 256, (n_colours * 3, channels), dtype=np.uint8), axis=0)[:n_colours]
+    assert palette.shape[0] == n_colours
+    picks = rng.integers(0, n_colours, 300 * 200)
+    picks[:n_colours] = np.arange(n_colours)  # every colour at least once
+    picks[-1] = n_colours - 1
+    samples = palette[rng.permutation(picks)].reshape(300, 200, channels)
+    samples[123, 45] = palette[0]
+    out = few_colours(samples)
+    if n_colours > 256:
+        assert out is None
+        return
+    colours, index = out
+    assert np.array_equal(colours, np.unique(samples.reshape(-1, channels), axis=0))
+    assert np.array_equal(colours[index].reshape(samples.shape), samples)
+
+
+def test_few_colours_finds_colours_the_subsample_misses():
+    samples = np.zeros((512, 512, 3), dtype=np.uint8)
+    samples[7, 11] = (1, 2, 3)  # off the subsample grid (every 4th pixel)
+    colours, index = few_colours(samples)
+    assert colours.tolist() == [[0, 0, 0], [1, 2, 3]] and index.sum() == 1
+    samples[range(0, 512, 2), 1] = np.arange(256, dtype=np.uint8)[:, None]
+    assert few_colours(samples) is None  # 258 colours
 
 
 # -- the user story ---------------------------------------------------------------------
@@ -378,6 +411,11 @@ def test_imageio_paths_and_bytes_without_plugin_argument(tmp_path):
     props = iio.improps(blob, extension=".kq")
     assert props.shape == arr.shape and props.dtype == np.uint8
     assert iio.immeta(tmp_path / "x.kq")["mode"] == "RGB"
+    # imageio keeps ``mode`` for the Pillow image mode; ``quant_mode`` reaches the encoder
+    iio.imwrite(tmp_path / "y.kq", arr, k=4, quant_mode="channel")
+    assert kq.kq_info(tmp_path / "y.kq").quant_mode == "channel"
+    with pytest.raises(ValueError, match="disagree"):
+        encode_image(IMAGES["noise_rgb"], mode="rgb", quant_mode="global")
 
 
 def test_imageio_registration_is_idempotent():
