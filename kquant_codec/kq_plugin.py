@@ -10,7 +10,7 @@ Errors: a file that is not ``.kq``, or whose header is invalid, makes ``Image.op
 the image blank.
 
 Saving: ``img.save("x.kq", k=16, mode="rgb", seed=0, alpha="keep", fallback=True)``; every keyword is
-optional (see ``kquant_codec.encoder.encode_image``).
+optional (see ``kquant_codec.encoder.encode_image``; ``quant_mode=`` is another name for ``mode=``).
 
 After opening, ``img.kq_header`` is the parsed header; ``img.kq`` (which loads the image) is the decoded
 ``KqImage`` with the centroid table(s) and labels.
