@@ -49,12 +49,15 @@ def test_fewer_levels_than_k_is_lossless():
     assert optimal_levels(np.zeros(256, dtype=np.int64), 4).size == 0
 
 
-def test_never_worse_than_minibatch_kmeans(china):
+@pytest.mark.parametrize("channel", [None, 0, 2])
+def test_never_worse_than_minibatch_kmeans(china, channel):
+    """Global mode's values (all channels) and one channel's, of a 4x-subsampled photo."""
     from sklearn.cluster import MiniBatchKMeans
 
-    values = np.asarray(china).reshape(-1)
+    arr = np.asarray(china)[::4, ::4]
+    values = (arr if channel is None else arr[:, :, channel]).reshape(-1)
     counts = np.bincount(values, minlength=256)
-    for k in (2, 8, 32):
+    for k in (2, 5, 8, 32):
         ours = sse(counts, optimal_levels(counts, k))
         mb = MiniBatchKMeans(n_clusters=k, random_state=0, n_init=3).fit(values.reshape(-1, 1).astype(float))
         theirs = sse(counts, np.unique(np.clip(np.rint(mb.cluster_centers_[:, 0]), 0, 255)))
