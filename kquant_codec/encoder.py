@@ -40,7 +40,7 @@ from .container import (
     plane_depth,
 )
 from .decoder import png_payload_image
-from .pixels import SUPPORTED_MODES, split_image
+from .pixels import SUPPORTED_MODES, as_palette_image, few_colours, split_image
 from .quantize import check_alpha
 from .quantizer import check_k, check_mode
 
@@ -148,33 +148,6 @@ def _order_key(colours: np.ndarray) -> np.ndarray:
     if c.shape[1] >= 3:
         keys.append(299 * c[:, 0] + 587 * c[:, 1] + 114 * c[:, 2])
     return np.lexsort(keys)
-
-
-def few_colours(samples: np.ndarray, limit: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
-    """The distinct colours of (H, W, C) uint8 samples (C <= 4) when there are at most ``limit``, else None.
-
-    Returns (colours (m, C) uint8, sorted as tuples; index (H * W,) uint8 with ``colours[index]`` equal to
-    the pixels). Exact; fast on big images with few colours: the colours of a subsample are found first and
-    every pixel is then looked up among them, with a second round for any colour the subsample missed.
-    """
-    h, w, channels = samples.shape
-    flat = samples.reshape(-1, channels).astype(np.uint32)
-    keys = np.zeros(flat.shape[0], dtype=np.uint32)
-    for c in range(channels):
-        keys = (keys << np.uint32(8)) | flat[:, c]
-    found = np.unique(keys[:: max(1, keys.size // 65536)])
-    for _ in range(2):
-        if found.size > limit:
-            return None
-        index = np.minimum(np.searchsorted(found, keys), found.size - 1)
-        missing = found[index] != keys
-        if not missing.any():
-            colours = np.empty((found.size, channels), dtype=np.uint8)
-            for c in range(channels):
-                colours[:, c] = (found >> np.uint32(8 * (channels - 1 - c))) & np.uint32(0xFF)
-            return colours, index.astype(np.uint8)
-        found = np.union1d(found, np.unique(keys[missing]))
-    raise AssertionError("unreachable: the second round includes every key")
 
 
 def _rgb_layout(samples: np.ndarray) -> tuple[tuple[int, ...], bytes, np.ndarray] | None:
@@ -356,20 +329,6 @@ def _clean_copy(img: Image.Image) -> Image.Image:
     return Image.frombytes(img.mode, img.size, img.tobytes())
 
 
-def _as_palette(img: Image.Image) -> Image.Image | None:
-    """The same pixels as a "P" image with exactly the colours used (RGBA palette for alpha), or None."""
-    if img.mode not in ("L", "LA", "RGB", "RGBA"):
-        return None
-    target = "RGBA" if img.mode in ("LA", "RGBA") else "RGB"
-    palette = few_colours(np.asarray(img.convert(target)))
-    if palette is None:
-        return None
-    colours, inverse = palette
-    out = Image.frombytes("P", img.size, inverse.tobytes())
-    out.putpalette(colours.tobytes(), target)
-    return out
-
-
 def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
     if a.mode != b.mode or a.size != b.size or a.tobytes() != b.tobytes():
         return False
@@ -381,7 +340,7 @@ def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
 def _png_candidate(img: Image.Image) -> bytes | None:
     """The smallest PNG payload file that decodes back to exactly ``img``, or None."""
     streams = []
-    for version in (_clean_copy(img), _as_palette(img)):
+    for version in (_clean_copy(img), as_palette_image(img)):
         if version is None:
             continue
         buf = io.BytesIO()

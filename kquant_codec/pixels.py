@@ -11,7 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["SplitImage", "split_image", "join_image", "SUPPORTED_MODES", "check_image_mode"]
+__all__ = [
+    "SplitImage",
+    "split_image",
+    "join_image",
+    "as_palette_image",
+    "few_colours",
+    "SUPPORTED_MODES",
+    "check_image_mode",
+]
 
 # Pillow modes whose bands are all 8-bit; the alpha band, if any, is last.
 _COLOUR_MODES = {"L": 1, "RGB": 3, "CMYK": 4, "YCbCr": 3, "LAB": 3, "HSV": 3}
@@ -85,16 +93,18 @@ def join_image(colour: np.ndarray, alpha: np.ndarray | None, mode: str) -> Image
     return Image.frombytes(mode, (w, h), np.ascontiguousarray(bands).tobytes())
 
 
-def _to_palette(bands: np.ndarray) -> Image.Image:
-    """A "P" image from (H, W, 3 or 4) samples with at most 256 distinct colours."""
+def _to_palette(bands: np.ndarray, found: tuple[np.ndarray, np.ndarray] | None = None) -> Image.Image:
+    """A "P" image from (H, W, 3 or 4) samples with at most 256 distinct colours (palette in tuple order).
+
+    ``found`` is ``few_colours(bands)`` when the caller already has it.
+    """
     h, w, channels = bands.shape
-    flat = bands.reshape(-1, channels)
-    colours, inverse = np.unique(flat, axis=0, return_inverse=True)
-    if colours.shape[0] > 256:
-        raise ValueError(f"a palette image holds at most 256 colours, got {colours.shape[0]}")
-    out = Image.frombytes("P", (w, h), inverse.reshape(-1).astype(np.uint8).tobytes())
-    palette_mode = "RGBA" if channels == 4 else "RGB"
-    out.putpalette(colours.astype(np.uint8).tobytes(), palette_mode)
+    found = found or few_colours(bands)
+    if found is None:
+        raise ValueError("a palette image holds at most 256 colours")
+    colours, index = found
+    out = Image.frombytes("P", (w, h), index.tobytes())
+    out.putpalette(colours.tobytes(), "RGBA" if channels == 4 else "RGB")
     return out
 
 
@@ -108,7 +118,34 @@ def as_palette_image(img: Image.Image) -> Image.Image | None:
         return img
     if img.mode not in ("L", "LA", "RGB", "RGBA"):
         return None
-    if img.getcolors(256) is None:
-        return None
     target = "RGBA" if img.mode in ("LA", "RGBA") else "RGB"
-    return _to_palette(_array(img.convert(target)))
+    bands = _array(img.convert(target))
+    found = few_colours(bands)
+    return None if found is None else _to_palette(bands, found)
+
+
+def few_colours(samples: np.ndarray, limit: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
+    """The distinct colours of (H, W, C) uint8 samples (C <= 4) when there are at most ``limit``, else None.
+
+    Returns (colours (m, C) uint8, sorted as tuples; index (H * W,) uint8 with ``colours[index]`` equal to
+    the pixels). Exact; fast on big images with few colours: the colours of a subsample are found first and
+    every pixel is then looked up among them, with a second round for any colour the subsample missed.
+    """
+    h, w, channels = samples.shape
+    flat = samples.reshape(-1, channels).astype(np.uint32)
+    keys = np.zeros(flat.shape[0], dtype=np.uint32)
+    for c in range(channels):
+        keys = (keys << np.uint32(8)) | flat[:, c]
+    found = np.unique(keys[:: max(1, keys.size // 65536)])
+    for _ in range(2):
+        if found.size > limit:
+            return None
+        index = np.minimum(np.searchsorted(found, keys), found.size - 1)
+        missing = found[index] != keys
+        if not missing.any():
+            colours = np.empty((found.size, channels), dtype=np.uint8)
+            for c in range(channels):
+                colours[:, c] = (found >> np.uint32(8 * (channels - 1 - c))) & np.uint32(0xFF)
+            return colours, index.astype(np.uint8)
+        found = np.union1d(found, np.unique(keys[missing]))
+    raise AssertionError("unreachable: the second round includes every key")

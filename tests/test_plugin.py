@@ -17,7 +17,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 import kquant_codec as kq
 from kquant_codec import container as c
-from kquant_codec.encoder import _as_palette, _png_candidate, encode_image, few_colours
+from kquant_codec.encoder import _png_candidate, encode_image
+from kquant_codec.pixels import as_palette_image, few_colours
 from kquant_codec.quantizer import lookup
 
 from .conftest import synthetic_images
@@ -455,7 +456,7 @@ def test_kq_is_no_larger_than_optimized_palette_png(china, k):
     png = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _as_palette(q).save(png, format="PNG", optimize=True)
+        as_palette_image(q).save(png, format="PNG", optimize=True)
     data = encode_image(q)
     assert len(data) <= png.tell()
     assert kq.kq_info(data).payload == "native"
