@@ -12,3 +12,11 @@ bench-quantizers:
 
 clean:
 	rm -rf .venv build *.egg-info
+
+# Fuzz the .kq decoder for FUZZ_SECONDS (or FUZZ_RUNS executions); prints executions and findings.
+# Coverage-guided with atheris (pip install -e ".[fuzz]"), else a seeded mutator. See fuzz/run.py.
+FUZZ_SECONDS ?= 300
+FUZZ_RUNS ?= -1
+.PHONY: fuzz
+fuzz:
+	.venv/bin/python fuzz/run.py --seconds $(FUZZ_SECONDS) --runs $(FUZZ_RUNS)

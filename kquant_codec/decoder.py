@@ -208,6 +208,13 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise KqFormatError(f"PNG payload is corrupt: {exc}") from exc
+    if img.mode == "P":  # the PNG spec's palette rules, which Pillow does not enforce (and then cannot convert)
+        entries = len(img.palette.palette) // len(img.palette.mode) if img.palette is not None else 0
+        transparency = img.info.get("transparency")
+        if not entries:
+            raise KqFormatError("PNG payload is corrupt: an indexed PNG without a PLTE chunk")
+        if isinstance(transparency, bytes) and len(transparency) > entries:
+            raise KqFormatError(f"PNG payload is corrupt: tRNS has {len(transparency)} entries, PLTE {entries}")
     if img.mode != header.image_mode:
         if (img.mode, header.image_mode) not in _PNG_CONVERSIONS:
             raise KqFormatError(f"PNG payload has mode {img.mode}, which does not give mode {header.image_mode}")

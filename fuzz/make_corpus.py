@@ -1,0 +1,168 @@
+"""Write the seed corpus: small valid ``.kq`` files covering every layout the format allows.
+
+    .venv/bin/python fuzz/make_corpus.py [--out fuzz/corpus]
+
+Every native image mode with every quantization mode it allows, every alpha kind (none, plane, table),
+both packings, all three stream codecs (stored, zlib, lzma2) for the label and the alpha stream, and a PNG
+payload for every PNG mode (grey, grey+alpha, palette with and without transparency, truecolour with and
+without alpha, indexed PNGs for L/LA/RGB/RGBA, bilevel, 16-bit grey). Odd widths, so packed rows have
+padding bits. The files are built from the container functions directly (not left to the encoder's
+smallest-file choice), so each codec/packing combination really occurs. Deterministic output; each file
+is checked to decode to the image it was made from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import kquant_codec
+from kquant_codec import container as c
+from kquant_codec.encoder import encode_image
+from kquant_codec.pixels import as_palette_image
+
+CODECS = {c.CODEC_STORED: "stored", c.CODEC_ZLIB: "zlib", c.CODEC_LZMA2: "lzma2"}
+NATIVE_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")
+ALPHA_KINDS = {"LA": ("plane", "table"), "RGBA": ("plane", "table"), "P": ("none", "table")}
+
+
+def _image(mode: str, width: int, height: int, colours: int, seed: int) -> Image.Image:
+    """A small image of ``mode`` drawn from ``colours`` random colours (alpha included), with structure."""
+    rng = np.random.default_rng(seed)
+    bands = len(Image.new(mode, (1, 1)).getbands()) if mode not in ("1", "P") else 3
+    if mode == "1":
+        bits = (rng.integers(0, 2, (height, width)) * 255).astype(np.uint8)
+        return Image.fromarray(bits).convert("1", dither=Image.Dither.NONE)
+    palette = rng.integers(0, 256, (colours, bands), dtype=np.uint8)
+    index = (np.add.outer(np.arange(height), np.arange(width)) // 2 + rng.integers(0, 2, (height, width))) % colours
+    pixels = palette[index]
+    if mode == "P":
+        img = Image.frombytes("P", (width, height), index.astype(np.uint8).tobytes())
+        img.putpalette(palette.tobytes())
+        return img
+    return Image.frombytes(mode, (width, height), np.ascontiguousarray(pixels).tobytes())
+
+
+def _rebuild(data: bytes, packed: bool, codec: int, alpha_codec: int) -> bytes:
+    """The same image and layout with the given packing and stream codecs."""
+    kq = kquant_codec.read_kq(data)
+    header = replace(kq.header, packed=packed)
+    labels = c.compress(c.labels_to_stream(kq.labels, header), codec)
+    alpha = b""
+    if kq.alpha is not None:
+        alpha = c.compress(np.ascontiguousarray(kq.alpha).tobytes(), alpha_codec)
+    header = replace(
+        header,
+        label_codec=codec,
+        label_length=len(labels),
+        alpha_codec=alpha_codec if kq.alpha is not None else 0,
+        alpha_length=len(alpha),
+    )
+    return c.pack_file(header, labels, alpha)
+
+
+def _png_file(img: Image.Image, png_source: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    png_source.save(buf, format="PNG")
+    png = buf.getvalue()
+    header = c.KqHeader(
+        width=img.width,
+        height=img.height,
+        image_mode=img.mode,
+        payload="png",
+        quant_mode=None,
+        channels=0,
+        label_length=len(png),
+    )
+    return c.pack_file(header, png)
+
+
+def _same(a: Image.Image, b: Image.Image) -> bool:
+    if (a.mode, a.size, a.tobytes()) != (b.mode, b.size, b.tobytes()):
+        return False
+    return a.mode != "P" or a.convert("RGBA").tobytes() == b.convert("RGBA").tobytes()
+
+
+def corpus() -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    combos = itertools.cycle(itertools.product((False, True), CODECS, CODECS))
+    seed = 0
+    # Native payloads: every mode x quantization mode x alpha kind, cycling through packing and codecs.
+    for mode in NATIVE_MODES:
+        quants = ("rgb",) if mode == "P" else c.QUANT_MODES
+        for quant, alpha in itertools.product(quants, ALPHA_KINDS.get(mode, ("none",))):
+            for colours, (width, height) in ((3, (7, 5)), (20, (9, 4))):
+                seed += 1
+                img = _image(mode, width, height, colours, seed)
+                if mode == "P":
+                    if alpha == "table":
+                        img.info["transparency"] = bytes([0, 128] + [255] * (colours - 2))
+                    base = encode_image(img, fallback=False)
+                else:
+                    base = encode_image(img, mode=quant, alpha="keep" if alpha == "plane" else "quantize")
+                packed, codec, alpha_codec = next(combos)
+                data = _rebuild(base, packed, codec, alpha_codec)
+                info = kquant_codec.kq_info(data)
+                assert (info.quant_mode, info.alpha) == (quant, alpha), (mode, quant, alpha, info)
+                assert _same(kquant_codec.read_kq(data).to_image(), img), (mode, quant, alpha)
+                a = f"-a{CODECS[alpha_codec]}" if alpha == "plane" else ""
+                name = f"native-{mode}-{quant}-{alpha}-{'packed' if packed else 'bytes'}-{CODECS[codec]}{a}-{colours}c"
+                files[name.replace(";", "")] = data
+    # Every packing x label codec x alpha codec once, on RGBA with an alpha plane and a 4-entry table.
+    img = _image("RGBA", 11, 3, 4, 99)
+    base = encode_image(img, mode="rgb", alpha="keep")
+    for packed, codec, alpha_codec in itertools.product((False, True), CODECS, CODECS):
+        data = _rebuild(base, packed, codec, alpha_codec)
+        assert _same(kquant_codec.read_kq(data).to_image(), img)
+        files[f"matrix-RGBA-{'packed' if packed else 'bytes'}-{CODECS[codec]}-a{CODECS[alpha_codec]}"] = data
+    # PNG payloads: every PNG mode, plain and (where the encoder would use one) indexed.
+    for mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
+        seed += 1
+        img = _image(mode, 9, 5, 5, seed)
+        files[f"png-{mode}"] = _png_file(img, img)
+        if mode in ("L", "LA", "RGB", "RGBA"):
+            files[f"png-{mode}-indexed"] = _png_file(img, as_palette_image(img))  # L/LA: grey entries
+    seed += 1
+    p = _image("P", 9, 5, 5, seed)
+    p.info["transparency"] = 2
+    files["png-P-transparency-index"] = _png_file(p, p)
+    p.info["transparency"] = bytes([0, 64, 128, 200, 255])
+    files["png-P-transparency-table"] = _png_file(p, p)
+    i16 = Image.fromarray(np.arange(45, dtype=np.uint16).reshape(5, 9) * 1111)
+    files["png-I16"] = _png_file(i16, i16)
+    # A larger image from the encoder itself (whatever it picks), and the spec's worked example.
+    ramp = np.add.outer(np.arange(24), np.arange(40)).astype(np.uint8) * 5
+    files["encoder-L-ramp"] = encode_image(Image.fromarray(ramp))
+    files["encoder-RGB-k5"] = encode_image(Image.fromarray(np.dstack([ramp, ramp[::-1], ramp[:, ::-1]])), k=5)
+    for name, data in files.items():
+        if name.startswith("png-"):
+            img = kquant_codec.read_kq(data).to_image()
+            assert img.mode == kquant_codec.kq_info(data).image_mode, name
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "corpus")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = corpus()
+    for old in args.out.glob("*.kq"):
+        if old.stem not in files:
+            old.unlink()
+    for name, data in sorted(files.items()):
+        (args.out / f"{name}.kq").write_bytes(data)
+    total = sum(len(d) for d in files.values())
+    print(f"{len(files)} seed files, {total} bytes, in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
