@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         engine = "atheris" if importlib.util.find_spec("atheris") else "mutator"
     if engine == "mutator":
         print("atheris is not installed: using the seeded mutator of fuzz/contract.py (no coverage guidance)")
-    before = set(args.findings.glob("*")) if args.findings.exists() else set()
+    args.findings.mkdir(parents=True, exist_ok=True)
+    before = set(args.findings.glob("*"))
     executions, seconds, crashes = (_atheris if engine == "atheris" else _mutator)(args, args.findings)
-    new = sorted(set(args.findings.glob("*")) - before) if args.findings.exists() else []
+    new = sorted(set(args.findings.glob("*")) - before)
     print(f"engine: {engine}")
     print(f"executions: {executions}")
     print(f"time: {seconds:.0f} s ({executions / max(seconds, 1e-9):.0f} exec/s)")

@@ -206,8 +206,10 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(png), formats=["PNG"])
             img.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise KqFormatError(f"PNG payload is corrupt: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's PNG reader raises many types (IndexError, zlib.error, ...): all "corrupt"
+        raise KqFormatError(f"PNG payload is corrupt: {type(exc).__name__}: {exc}") from exc
     if img.mode == "P":  # the PNG spec's palette rules, which Pillow does not enforce (and then cannot convert)
         entries = len(img.palette.palette) // len(img.palette.mode) if img.palette is not None else 0
         transparency = img.info.get("transparency")
@@ -306,7 +308,19 @@ def _read_from(fp: IO[bytes]) -> KqImage:
 
 
 def read_at_most(fp: IO[bytes], n: int, chunk: int = 1 << 20) -> bytes:
-    """Read up to ``n`` bytes in chunks, so a short file never costs an ``n``-byte allocation."""
+    """Read up to ``n`` bytes, so a short file never costs an ``n``-byte allocation.
+
+    A seekable file is read in one call of the size that is really left (one allocation, no joining);
+    anything else in chunks.
+    """
+    try:
+        here = fp.tell()
+        left = fp.seek(0, io.SEEK_END) - here
+        fp.seek(here)
+    except (AttributeError, OSError, ValueError):
+        pass
+    else:
+        return fp.read(max(0, min(n, left)))
     parts, left = [], n
     while left > 0:
         part = fp.read(min(chunk, left))

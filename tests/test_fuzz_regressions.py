@@ -46,6 +46,7 @@ EXPECTED_READ = {
     "hostile-png-P-as-RGB-declared-CMYK-mode": "KqFormatError",
     "found-png-P-tRNS-longer-than-PLTE": "KqFormatError",
     "found-png-P-without-PLTE": "KqFormatError",
+    "found-png-empty-iCCP-after-IDAT": "KqFormatError",
 }
 
 
