@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImagePalette
+from PIL import Image, ImagePalette, PngImagePlugin
 
 from .container import (
     CODEC_NAMES,
@@ -202,10 +202,11 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
     if (width, height) != header.size:
         raise KqFormatError(f"PNG payload is {width}x{height}, the header says {header.width}x{header.height}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(png), formats=["PNG"])
-            img.load()
+        # The PNG plugin's class directly, not Image.open: the declared size has had its decompression-bomb
+        # check already, and Image.open would warn again (silencing that with warnings.catch_warnings is not
+        # thread-safe: concurrent decoders left the global warning filters changed).
+        img = PngImagePlugin.PngImageFile(io.BytesIO(png))
+        img.load()
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's PNG reader raises many types (IndexError, zlib.error, ...): all "corrupt"

@@ -14,12 +14,13 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
 
-import kquant_codec  # noqa: F401 - registers .kq with Pillow
+import kquant_codec
 
 # (crop box, image mode, save options): eight different jobs, every quantization mode, alpha, palette.
 JOBS = [
@@ -100,6 +101,27 @@ def test_thread_pool_decodes_every_seed_file_like_serial():
     with ThreadPoolExecutor(max_workers=8) as pool:
         threaded = list(pool.map(_decode, files * 3))
     assert threaded == serial * 3
+
+
+def test_concurrent_png_payload_decoding_leaves_warning_filters_alone():
+    """Decoding must not touch global state: ``warnings.catch_warnings`` in the decoder once left the
+    process ignoring ``DecompressionBombWarning`` after PNG payloads were decoded from several threads."""
+    from pathlib import Path
+
+    corpus = sorted((Path(__file__).resolve().parent.parent / "fuzz" / "corpus").glob("png-*.kq"))
+    files = [p.read_bytes() for p in corpus]
+    assert len(files) >= 8
+    before = list(warnings.filters)
+
+    def work(_: int) -> None:
+        for _ in range(20):
+            for data in files:
+                kquant_codec.read_kq(data).to_image()
+                _decode(data)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(work, range(8)))
+    assert list(warnings.filters) == before
 
 
 ENCODE_SCRIPT = """
