@@ -240,6 +240,10 @@ def small_hostile_inputs() -> dict[str, bytes]:
     files["png-apng-oversized-frame"] = png_payload(
         "L", 8, 8, png_stream(8, 8, zlib.compress(bytes(8 * 9)), extra=actl + fctl)
     )
+    second_ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 6, 0, 0, 0))  # 576 MB of RGBA
+    files["png-second-IHDR-12000x12000-RGBA"] = png_payload(
+        "RGBA", 8, 8, png_stream(8, 8, zlib.compress(bytes(8 * 33)), colour_type=6, extra=second_ihdr)
+    )
     files["png-truncated-idat"] = png_payload("L", 64, 64, png_stream(64, 64, zlib.compress(bytes(scanlines))[:20]))
     files["png-not-png"] = png_payload("L", 2, 2, b"GIF89a" + bytes(40))
     palette = Image.new("P", (4, 4))

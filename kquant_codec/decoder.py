@@ -194,6 +194,16 @@ def native_image(header: KqHeader, labels: np.ndarray, alpha: np.ndarray | None)
     return join_image(colour, alpha, header.image_mode)
 
 
+def _png_step(step: Any) -> Any:
+    """Run one step of Pillow's PNG reader; any failure (IndexError, zlib.error, ...) means a corrupt payload."""
+    try:
+        return step()
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise KqFormatError(f"PNG payload is corrupt: {type(exc).__name__}: {exc}") from exc
+
+
 def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
     """Decode a PNG payload (checked against the header) into a loaded image of the header's mode."""
     if len(png) < 24 or not png.startswith(PNG_SIGNATURE) or png[12:16] != b"IHDR":
@@ -201,16 +211,13 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
     width, height = struct.unpack(">II", png[16:24])
     if (width, height) != header.size:
         raise KqFormatError(f"PNG payload is {width}x{height}, the header says {header.width}x{header.height}")
-    try:
-        # The PNG plugin's class directly, not Image.open: the declared size has had its decompression-bomb
-        # check already, and Image.open would warn again (silencing that with warnings.catch_warnings is not
-        # thread-safe: concurrent decoders left the global warning filters changed).
-        img = PngImagePlugin.PngImageFile(io.BytesIO(png))
-        img.load()
-    except MemoryError:
-        raise
-    except Exception as exc:  # Pillow's PNG reader raises many types (IndexError, zlib.error, ...): all "corrupt"
-        raise KqFormatError(f"PNG payload is corrupt: {type(exc).__name__}: {exc}") from exc
+    # The PNG plugin's class directly, not Image.open: the declared size has had its decompression-bomb
+    # check already, and Image.open would warn again (silencing that with warnings.catch_warnings is not
+    # thread-safe: concurrent decoders left the global warning filters changed).
+    img = _png_step(lambda: PngImagePlugin.PngImageFile(io.BytesIO(png)))
+    if img.size != header.size:  # a later IHDR chunk overrides the first one in Pillow: check what it will use
+        raise KqFormatError(f"PNG payload is {img.width}x{img.height} (a second IHDR), the header says {header.size}")
+    _png_step(img.load)
     if img.mode == "P":  # the PNG spec's palette rules, which Pillow does not enforce (and then cannot convert)
         entries = len(img.palette.palette) // len(img.palette.mode) if img.palette is not None else 0
         transparency = img.info.get("transparency")

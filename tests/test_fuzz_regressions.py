@@ -47,6 +47,8 @@ EXPECTED_READ = {
     "found-png-P-tRNS-longer-than-PLTE": "KqFormatError",
     "found-png-P-without-PLTE": "KqFormatError",
     "found-png-empty-iCCP-after-IDAT": "KqFormatError",
+    "found-png-second-IHDR": "KqFormatError",
+    "hostile-png-second-IHDR-12000x12000-RGBA": "KqFormatError",
 }
 
 

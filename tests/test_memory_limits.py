@@ -152,6 +152,10 @@ def _cases() -> dict[str, tuple[bytes, int, float, str]]:
         0,
         "KqFormatError",
     )
+    # A second IHDR chunk (Pillow uses the last one) declaring 12000x12000 RGBA: 576 MB for Pillow to allocate.
+    second_ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 6, 0, 0, 0))
+    rgba = png_stream(8, 8, zlib.compress(bytes(8 * 33)), colour_type=6, extra=second_ihdr)
+    cases["PNG second IHDR 12000x12000, 8x8"] = (png_payload("RGBA", 8, 8, rgba), 64, 0, "KqFormatError")
     tiny = native_l(1, 1, c.CODEC_ZLIB, zlib.compress(b"\x00"))
     cases["declared 16384x16384, tiny stream"] = (
         _with_size(tiny, 1 << 14, 1 << 14),
