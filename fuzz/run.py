@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
-def _atheris(args: argparse.Namespace, findings: Path) -> tuple[int, float, int]:
+def _atheris(args: argparse.Namespace, findings: Path) -> tuple[int, float, list[str]]:
     work = HERE / "work" / "corpus"
     work.mkdir(parents=True, exist_ok=True)
     options = [
@@ -48,10 +48,12 @@ def _atheris(args: argparse.Namespace, findings: Path) -> tuple[int, float, int]
     start = time.monotonic()
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     executions = 0
-    log = []
+    log, keys = [], []
     assert proc.stderr is not None
     for line in proc.stderr:
         log.append(line)
+        if line.startswith("FINDING"):
+            keys.append(line.split(": ", 1)[0].removeprefix("FINDING "))
         if line.startswith("FINDING") or "ERROR:" in line or line.startswith("Done "):
             print(line.rstrip(), flush=True)
         elif args.verbose or re.match(r"#\d+\s+(pulse|DONE|INITED)", line):
@@ -63,11 +65,12 @@ def _atheris(args: argparse.Namespace, findings: Path) -> tuple[int, float, int]
     seconds = time.monotonic() - start
     if code != 0 and not executions:
         sys.stderr.write("".join(log[-40:]))
-    crashes = 1 if code != 0 else 0  # libFuzzer stops at a crash, timeout or out-of-memory and saves it
-    return executions, seconds, crashes
+    if code != 0:  # libFuzzer stops at a crash, timeout or out-of-memory, and saves the input
+        keys.append(f"libFuzzer stopped with exit status {code} (crash, timeout or out-of-memory)")
+    return executions, seconds, keys
 
 
-def _mutator(args: argparse.Namespace, findings: Path) -> tuple[int, float, int]:
+def _mutator(args: argparse.Namespace, findings: Path) -> tuple[int, float, list[str]]:
     from fuzz.contract import ContractViolation, Mutator, check, pixel_limit
 
     corpus = [p.read_bytes() for p in sorted((HERE / "corpus").glob("*.kq"))]
@@ -92,7 +95,7 @@ def _mutator(args: argparse.Namespace, findings: Path) -> tuple[int, float, int]
                     print(f"FINDING {violation.key}: {violation}", flush=True)
             if executions % 100000 == 0:
                 print(f"#{executions} {executions / (time.monotonic() - start):.0f} exec/s", flush=True)
-    return executions, time.monotonic() - start, 0
+    return executions, time.monotonic() - start, sorted(seen)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,13 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         print("atheris is not installed: using the seeded mutator of fuzz/contract.py (no coverage guidance)")
     args.findings.mkdir(parents=True, exist_ok=True)
     before = set(args.findings.glob("*"))
-    executions, seconds, crashes = (_atheris if engine == "atheris" else _mutator)(args, args.findings)
+    executions, seconds, keys = (_atheris if engine == "atheris" else _mutator)(args, args.findings)
     new = sorted(set(args.findings.glob("*")) - before)
     print(f"engine: {engine}")
     print(f"executions: {executions}")
     print(f"time: {seconds:.0f} s ({executions / max(seconds, 1e-9):.0f} exec/s)")
-    print(f"findings: {len(new)}" + "".join(f"\n  {p}" for p in new))
-    return 1 if new or crashes else 0
+    print(f"findings: {len(keys)}" + "".join(f"\n  {key}" for key in keys))
+    if new:
+        print("saved inputs:" + "".join(f"\n  {p}" for p in new))
+    return 1 if keys else 0
 
 
 if __name__ == "__main__":
