@@ -235,6 +235,16 @@ def small_hostile_inputs() -> dict[str, bytes]:
     files["png-ihdr-100000x100000"] = png_payload("L", 64, 64, png_stream(100000, 100000, zlib_zeros(1)))
     sixteen = png_stream(8, 8, zlib.compress(bytes(8 * 17)), depth=16)
     files["png-16-bit-grey-declared-L"] = png_payload("L", 8, 8, sixteen)
+    # Colour types and depths Pillow reads but the spec does not allow for the header's mode (section 9).
+    files["png-16-bit-RGB-declared-RGB"] = png_payload(
+        "RGB", 4, 4, png_stream(4, 4, zlib.compress(bytes(4 * 25)), colour_type=2, depth=16)
+    )
+    files["png-2-bit-grey-declared-L"] = png_payload(
+        "L", 8, 4, png_stream(8, 4, zlib.compress(b"\x00\x1b\xe4" * 4), colour_type=0, depth=2)
+    )
+    files["png-16-bit-LA-declared-RGBA"] = png_payload(
+        "RGBA", 4, 4, png_stream(4, 4, zlib.compress(bytes(4 * 17)), colour_type=4, depth=16)
+    )
     actl = png_chunk(b"acTL", struct.pack(">II", 0x7FFFFFFF, 0))
     fctl = png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 5000, 5000, 0, 0, 1, 1, 0, 0))
     files["png-apng-oversized-frame"] = png_payload(

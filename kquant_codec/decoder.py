@@ -48,6 +48,18 @@ Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
 # (mode of the PNG as Pillow reads it, image mode of the .kq header) pairs a reader converts between.
 _PNG_CONVERSIONS = {("P", "RGB"), ("P", "RGBA"), ("P", "L"), ("P", "LA"), ("I", "I;16")}
+# (colour type, bit depth) of a PNG payload's IHDR allowed for each image mode (spec section 9). Pillow reads
+# more (2-bit grey as L, 16-bit colour reduced to 8 bits, 16-bit grey+alpha as RGBA): those are rejected.
+_INDEXED = {(3, 1), (3, 2), (3, 4), (3, 8)}
+_PNG_FORMS = {
+    "1": {(0, 1)},
+    "L": {(0, 8)} | _INDEXED,
+    "LA": {(4, 8)} | _INDEXED,
+    "P": _INDEXED,
+    "RGB": {(2, 8)} | _INDEXED,
+    "RGBA": {(6, 8)} | _INDEXED,
+    "I;16": {(0, 16)},
+}
 
 
 @dataclass(frozen=True)
@@ -206,11 +218,15 @@ def _png_step(step: Any) -> Any:
 
 def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
     """Decode a PNG payload (checked against the header) into a loaded image of the header's mode."""
-    if len(png) < 24 or not png.startswith(PNG_SIGNATURE) or png[12:16] != b"IHDR":
+    if len(png) < 26 or not png.startswith(PNG_SIGNATURE) or png[12:16] != b"IHDR":
         raise KqFormatError("PNG payload does not start with a PNG signature and IHDR chunk")
-    width, height = struct.unpack(">II", png[16:24])
+    width, height, depth, colour_type = struct.unpack(">IIBB", png[16:26])
     if (width, height) != header.size:
         raise KqFormatError(f"PNG payload is {width}x{height}, the header says {header.width}x{header.height}")
+    if (colour_type, depth) not in _PNG_FORMS.get(header.image_mode, ()):
+        raise KqFormatError(
+            f"PNG payload has colour type {colour_type} at {depth} bits, which does not give mode {header.image_mode}"
+        )
     # The PNG plugin's class directly, not Image.open: the declared size has had its decompression-bomb
     # check already, and Image.open would warn again (silencing that with warnings.catch_warnings is not
     # thread-safe: concurrent decoders left the global warning filters changed).
