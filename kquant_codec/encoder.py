@@ -41,7 +41,7 @@ from .container import (
 )
 from .decoder import png_payload_image
 from .pixels import SUPPORTED_MODES, as_palette_image, few_colours, split_image
-from .quantize import check_alpha
+from .quantize import QuantizedImage, check_alpha, fit_image
 from .quantizer import check_k, check_mode
 
 __all__ = ["encode_image", "SAVE_OPTIONS"]
@@ -93,6 +93,7 @@ def encode_image(
             raise ValueError(f"mode={mode!r} and quant_mode={quant_mode!r} disagree: give one of them")
         mode = quant_mode
     _check_options(k, mode, seed, alpha, fallback)
+    fitted: QuantizedImage | None = None
     img.load()
     width, height = img.size
     if width < 1 or height < 1:
@@ -104,12 +105,19 @@ def encode_image(
             raise ValueError(f"cannot quantize image mode {img.mode!r}; supported: {', '.join(SUPPORTED_MODES)}")
         from .filter import KMeansQuantize
 
-        img = img.filter(KMeansQuantize(256 if k is None else k, mode or "rgb", seed=seed, alpha=alpha or "keep"))
+        quantize = KMeansQuantize(256 if k is None else k, mode or "rgb", seed=seed, alpha=alpha or "keep")
+        if quantize.mode == "rgb" and img.mode not in ("P", "1"):
+            # What the filter does, keeping the fit: its palette and labels are the rgb layout, so the
+            # quantized image's colours need no second count. ("P" and "1" images: their filter differs.)
+            fitted = fit_image(img, quantize.k, "rgb", seed=seed, alpha=quantize.alpha)
+            img = fitted.to_image()
+        else:
+            img = img.filter(quantize)
         mode = mode or "rgb"
         alpha = alpha or "keep"
     candidates: list[bytes] = []
     if img.mode in NATIVE_MODES:
-        candidates.extend(_native_candidates(img, mode, alpha))
+        candidates.extend(_native_candidates(img, mode, alpha, fitted))
     if (fallback or not candidates) and img.mode in PNG_MODES:
         png = _png_candidate(img)
         if png is not None:
@@ -201,7 +209,26 @@ def _palette_layout(img: Image.Image) -> _Layout:
     )
 
 
-def _layouts(img: Image.Image, quant_pref: str | None, alpha_pref: str | None) -> list[_Layout]:
+def _fitted_layout(fitted: QuantizedImage) -> _Layout:
+    """The rgb layout of a fit: its palette (the entries in use, in ``_order_key`` order) and its labels.
+
+    The same table and labels ``_rgb_layout`` finds by counting the quantized image's colours.
+    """
+    table = fitted.quantizer.centroids_
+    used = np.flatnonzero(np.bincount(fitted.labels.reshape(-1), minlength=table.shape[0]))
+    order = used[_order_key(table[used])]
+    rank = np.zeros(table.shape[0], dtype=np.uint8)
+    rank[order] = np.arange(order.size, dtype=np.uint8)
+    kind = "plane" if fitted.alpha is not None else "table" if fitted.mode in ("LA", "RGBA") else "none"
+    tables = np.ascontiguousarray(table[order]).tobytes()
+    return _Layout("rgb", kind, table.shape[1], (order.size,), tables, rank[fitted.labels], fitted.alpha)
+
+
+def _layouts(
+    img: Image.Image, quant_pref: str | None, alpha_pref: str | None, fitted: QuantizedImage | None = None
+) -> list[_Layout]:
+    if fitted is not None:
+        return [_fitted_layout(fitted)]
     if img.mode == "P":
         return [_palette_layout(img)]
     parts = split_image(img, alpha="keep")
@@ -281,10 +308,12 @@ def _header_for(img: Image.Image, layout: _Layout) -> KqHeader:
     )
 
 
-def _native_candidates(img: Image.Image, quant_pref: str | None, alpha_pref: str | None) -> list[bytes]:
+def _native_candidates(
+    img: Image.Image, quant_pref: str | None, alpha_pref: str | None, fitted: QuantizedImage | None = None
+) -> list[bytes]:
     files = []
     alpha_streams: dict[int, tuple[int, bytes]] = {}
-    for layout, streams in _shortlist(img, _layouts(img, quant_pref, alpha_pref)):
+    for layout, streams in _shortlist(img, _layouts(img, quant_pref, alpha_pref, fitted)):
         narrow = max(layout.table_sizes) <= 16
         best_labels = None
         for packed, raw in streams.items():

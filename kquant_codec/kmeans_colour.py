@@ -1,122 +1,585 @@
-"""Weighted k-means over colour vectors: k-means++ seeding and Lloyd iterations on a colour histogram.
+"""Colour palettes by weighted k-means ("rgb" mode): learning, and the exact nearest colour of every pixel.
 
-An image with N pixels usually has far fewer distinct colours, so k-means runs on the distinct colours
-weighted by how often each occurs, which is the same objective as k-means over all pixels.
+``fit_palette`` learns at most k uint8 colours from (H, W, C) uint8 samples (C = 1..8) and labels every
+pixel with its nearest palette colour; ``label_pixels`` labels any samples against a given palette.
+Both guarantee: every pixel gets the palette colour at the least squared distance, exactly, ties to the
+lower index; palette rows are sorted as tuples; an image with at most k distinct colours gets exactly
+those colours (lossless).
 
-Determinism: every coordinate is held on a grid of 1/256 channel units (fixed point 8.8) in float64.
-Then every product and sum in a distance is an integer below 2**53, so the fast BLAS form
-|p|^2 - 2 p.c + |c|^2 is computed *exactly*, whatever order or thread count the BLAS library uses:
-the same input gives the same centroids on every machine.
+Pipeline of ``fit_palette``
+1. Distinct colours and their pixel counts (the k-means objective over pixels equals the objective over
+   distinct colours weighted by count). Small images: ``np.unique`` on packed keys. Large 3-channel
+   images: numba count tables (``_rgb_kernels``), a tenth of the time and memory of a sort.
+2. Learning bins: distinct colours merged into (2**s)^C boxes, the finest s giving at most about
+   2 * limit occupied boxes; each box is its count-weighted mean (in fixed point) and its mass.
+3. Learning on the bins (numpy, a few thousand points): greedy k-means++ and Lloyd, best of several
+   restarts at small k, then swap local search (move the centre that is cheapest to remove to a D^2-sampled
+   point, run Lloyd, keep the result if the error fell). Restarts and swaps are what keep the palette below
+   pngquant's error on every sample photo (plain Lloyd sometimes lands above it).
+4. Polish: Lloyd on finer bins or on all distinct colours (numba: all distinct colours, exact nearest
+   centre with triangle-inequality pruning, previous labels as guesses).
+5. Integer stage: centres rounded to uint8, then Lloyd with rounded centres while the error falls; the
+   palette is sorted and every distinct colour gets its exact label against the final order.
+6. Labels of every pixel: a colour -> label table (2**(8C) entries for C <= 3; a sorted search for more
+   channels) and one gather. Nothing is ever a pixels x k distance matrix: nearest-centre searches run once
+   per *distinct colour*, in blocks.
+
+Determinism. Every coordinate is an integer on a grid of 1/FIX channel units. numpy distances go through
+float32 BLAS products where every product and partial sum is an integer below 2**24 (C <= 8, FIX = 4), so
+they are exact in any summation order; numba distances are int64; sums of weights are exact integers; ties
+go to the lower index. Results are therefore identical for any BLAS or numba thread count, in every run
+and process. BLAS is held to one thread during a fit: with an inner dimension of 3, OpenBLAS threading
+only adds overhead (2-6x slower measured on a busy 2-core machine). Large images use the numba path when
+numba imports; its palette differs slightly from the numpy path's (it polishes on all distinct colours),
+so results are reproducible for a given installation; without numba the numpy path is used for every
+size (correct, but slower and with more memory on large images).
 """
 
 from __future__ import annotations
 
+import threading
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+
 import numpy as np
 
-__all__ = ["weighted_kmeans", "nearest_centroid", "to_fixed", "group_sums"]
+__all__ = ["PaletteFit", "fit_palette", "label_pixels", "nearest_colour", "ENGINES"]
 
-_SCALE = 256.0  # fixed-point steps per channel unit
-_BLOCK_ELEMENTS = 1 << 21  # distance-matrix elements per block (16 MiB of float64)
-
-
-def to_fixed(x: np.ndarray) -> np.ndarray:
-    """Coordinates in channel units -> float64 integers in 1/256 units (rounded to the grid)."""
-    return np.rint(np.asarray(x, dtype=np.float64) * _SCALE)
-
-
-def _sq_dist_fixed(p: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Exact squared distances, in (1/256)^2 units, between fixed-point rows p (n, d) and c (m, d)."""
-    pp = np.einsum("ij,ij->i", p, p)
-    cc = np.einsum("ij,ij->i", c, c)
-    return (pp[:, None] + cc[None, :]) - 2.0 * (p @ c.T)
+ENGINES = ("auto", "numpy", "numba")
+NUMBA_MIN_PIXELS = 1 << 21  # "auto": images with at least this many pixels (about 2 MP) use numba
+FIX = 4  # fixed-point steps per channel unit; 2 * C * (255 * FIX)**2 < 2**24 for C <= 8 keeps float32 exact
+MAX_CHANNELS = 8
+LEARN_POINTS = 8192  # learning bins (soft limit, up to 2x); the numpy path uses max(4096, 64 k) up to this
+LEARN_ITERS = 40  # most Lloyd iterations of one learning run on the bins
+MID_POINTS = 32768  # numpy path, k >= MID_MIN_K: polish on bins this fine (soft limit, up to 2x) ...
+MID_MIN_K = 32  # ... below this k, polish on all distinct colours (cheap when k is small)
+POLISH_ITERS = 20  # most Lloyd iterations of the polish
+INTEGER_ROUNDS = 8  # most Lloyd rounds with rounded centres
+_BLOCK = 1 << 21  # distance-matrix elements per numpy block (8 MB of float32)
+_LABEL_CHUNK = 1 << 20  # pixels per sorted-search chunk when labelling more than 3 channels
 
 
-def group_sums(
-    index: np.ndarray, weights: np.ndarray, points: np.ndarray, groups: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Total weight (groups,) and weighted coordinate sums (groups, d) of the points in each group."""
-    mass = np.bincount(index, weights=weights, minlength=groups)
-    sums = np.stack(
-        [np.bincount(index, weights=weights * points[:, a], minlength=groups) for a in range(points.shape[1])], 1
-    )
-    return mass, sums
+@dataclass(frozen=True)
+class PaletteFit:
+    """Result of ``fit_palette``.
 
-
-def _nearest_fixed(p: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n = p.shape[0]
-    index = np.empty(n, dtype=np.int64)
-    dist = np.empty(n, dtype=np.float64)
-    rows = max(1, _BLOCK_ELEMENTS // max(1, c.shape[0]))
-    for start in range(0, n, rows):
-        d = _sq_dist_fixed(p[start : start + rows], c)
-        idx = np.argmin(d, axis=1)  # first minimum: ties go to the lower centre index
-        index[start : start + rows] = idx
-        dist[start : start + rows] = d[np.arange(d.shape[0]), idx]
-    return index, dist
-
-
-def nearest_centroid(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the nearest centre for every point, and that squared distance (channel units squared).
-
-    points : (n, d) array; centres : (m, d) array, m >= 1; both in channel units, rounded to 1/256.
-    Ties go to the lower centre index. For integer inputs the distances are exact integers.
-    Returns (index int64 (n,), squared distance float64 (n,)).
+    palette : (m, C) uint8, m <= k, rows sorted as tuples, every row used by some pixel of positive weight.
+    labels : (H, W) uint8 index of every pixel's nearest palette row; None for weighted fits (zero-weight
+        pixels are not labelled during the fit).
+    sse : total squared error of the (weighted) pixels against their nearest palette row, channel units^2.
     """
-    index, dist = _nearest_fixed(to_fixed(points), to_fixed(centres))
-    return index, dist / (_SCALE * _SCALE)
+
+    palette: np.ndarray
+    labels: np.ndarray | None
+    sse: int
 
 
-def _kmeans_plus_plus(p: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy weighted k-means++ seeding (several candidates per step, keep the best) on fixed-point rows."""
+# -- numba, loaded on first use --------------------------------------------------------------------------
+
+_kernels_lock = threading.Lock()
+_kernels_state: list = []  # [module] once loaded, [None] once found unusable
+
+
+def _kernels() -> ModuleType | None:
+    """The numba kernels module, imported on first use; None (after one warning) when numba is unusable."""
+    with _kernels_lock:
+        if not _kernels_state:
+            try:
+                from . import _rgb_kernels
+            except Exception as exc:  # ImportError, or numba / llvmlite failing while loading
+                warnings.warn(
+                    f"kquant_codec: numba is unusable ({type(exc).__name__}: {exc}); large images are quantized "
+                    "by the slower numpy path",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                _rgb_kernels = None
+            _kernels_state.append(_rgb_kernels)
+        return _kernels_state[0]
+
+
+def _pick_kernels(engine: str, pixels: int, channels: int, weighted: bool) -> ModuleType | None:
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    eligible = channels == 3 and not weighted and pixels < 1 << 31  # count tables hold int32 counts
+    if engine == "numba":
+        if not eligible:
+            raise ValueError("the numba engine takes unweighted 3-channel images of fewer than 2**31 pixels")
+        kernels = _kernels()
+        if kernels is None:
+            raise RuntimeError("the numba engine was asked for, but numba cannot be imported")
+        return kernels
+    if engine == "auto" and eligible and pixels >= NUMBA_MIN_PIXELS:
+        return _kernels()
+    return None
+
+
+# -- packed colour keys --------------------------------------------------------------------------------
+
+
+def _keys(flat: np.ndarray) -> np.ndarray:
+    """(N, C) uint8 -> (N,) keys ordered like the tuples: uint32 for C <= 4, uint64 above."""
+    dtype = np.uint32 if flat.shape[1] <= 4 else np.uint64
+    keys = flat[:, 0].astype(dtype)
+    for c in range(1, flat.shape[1]):
+        keys <<= dtype(8)
+        keys |= flat[:, c]
+    return keys
+
+
+def _unpack(keys: np.ndarray, channels: int) -> np.ndarray:
+    """Keys -> (M, C) int64 colours."""
+    keys = keys.astype(np.int64 if channels < 8 else np.uint64)
+    shifts = 8 * np.arange(channels - 1, -1, -1)
+    return ((keys[:, None] >> shifts.astype(keys.dtype)) & 255).astype(np.int64)
+
+
+def _gather(keys: np.ndarray, distinct: np.ndarray, label_of: np.ndarray, channels: int) -> np.ndarray:
+    """Label of every pixel key, given the (ascending) distinct keys and each one's label. (N,) uint8."""
+    label_of = label_of.astype(np.uint8)
+    if channels <= 3:  # a table indexed by colour: one gather
+        lut = np.zeros(1 << (8 * channels), np.uint8)
+        lut[distinct] = label_of
+        return lut[keys]
+    out = np.empty(keys.shape[0], np.uint8)  # chunks bound the int64 search results' memory
+    for s in range(0, keys.shape[0], _LABEL_CHUNK):
+        out[s : s + _LABEL_CHUNK] = label_of[np.searchsorted(distinct, keys[s : s + _LABEL_CHUNK])]
+    return out
+
+
+# -- exact nearest centre and Lloyd (numpy) -----------------------------------------------------------------
+
+
+def _nearest(p: np.ndarray, c: np.ndarray, second: bool = False):
+    """Nearest centre of every point, exact, ties to the lower index.
+
+    p (n, C), c (k, C): integers on the 1/FIX grid, 0..255 * FIX. Returns index int64 (n,) and squared
+    distance int64 (n,) [and, with ``second``, the second-smallest squared distance int64 (n,)].
+    """
+    n, k = p.shape[0], c.shape[0]
+    pf = p.astype(np.float32)
+    cf = c.astype(np.float32)
+    cc = np.einsum("ij,ij->i", cf, cf)
+    m2c = -2.0 * cf.T
+    pp = np.einsum("ij,ij->i", p, p).astype(np.int64)
+    idx = np.empty(n, np.int64)
+    d1 = np.empty(n, np.int64)
+    d2 = np.empty(n, np.int64) if second else None
+    rows = max(1, _BLOCK // max(1, k))
+    for s in range(0, n, rows):
+        blk = pf[s : s + rows] @ m2c  # |c|^2 - 2 p.c: every value an integer below 2**24, so exact
+        blk += cc
+        i = np.argmin(blk, axis=1)  # first minimum: ties go to the lower index
+        r = np.arange(blk.shape[0])
+        idx[s : s + rows] = i
+        d1[s : s + rows] = pp[s : s + rows] + blk[r, i].astype(np.int64)
+        if second:
+            if k > 1:
+                blk[r, i] = np.inf
+                d2[s : s + rows] = pp[s : s + rows] + blk.min(axis=1).astype(np.int64)
+            else:
+                d2[s : s + rows] = d1[s : s + rows]
+    return (idx, d1, d2) if second else (idx, d1)
+
+
+def _nearest_moved(p, c, idx, d, moved):
+    """Exact update of (idx, d) after the centres flagged ``moved`` changed, in place.
+
+    A point whose own centre did not move can only be taken by a moved centre (every unmoved centre was,
+    and still is, farther or tied with a higher index), so it is compared with the moved centres only;
+    points whose centre moved are searched against all centres. Ties go to the lower index.
+    """
+    own = moved[idx]
+    r = np.flatnonzero(own)
+    if r.size:
+        idx[r], d[r] = _nearest(p[r], c)
+    o = np.flatnonzero(~own)
+    mv = np.flatnonzero(moved)
+    if o.size and mv.size:
+        j, dm = _nearest(p[o], c[mv])
+        j = mv[j]
+        take = (dm < d[o]) | ((dm == d[o]) & (j < idx[o]))
+        t = o[take]
+        idx[t] = j[take]
+        d[t] = dm[take]
+    return idx, d
+
+
+def _sums(p, w, idx, k):
+    """Total weight (k,) and weighted coordinate sums (k, C), exact int64 (float64 sums stay below 2**53)."""
+    wf = w.astype(np.float64)
+    mass = np.bincount(idx, weights=wf, minlength=k).astype(np.int64)
+    s = np.empty((k, p.shape[1]), np.int64)
+    for a in range(p.shape[1]):
+        s[:, a] = np.bincount(idx, weights=wf * p[:, a], minlength=k).astype(np.int64)
+    return mass, s
+
+
+def _means(mass, sums):
+    """Rounded means of the non-empty groups (exact integers) and the mask of non-empty groups."""
+    keep = mass > 0
+    m = mass[keep, None]
+    return (2 * sums[keep] + m) // (2 * m), keep
+
+
+def _lloyd(p, w, c, iters):
+    """Weighted Lloyd on the 1/FIX grid; emptied centres are dropped. Returns (centres, index, error)."""
+    idx, d = _nearest(p, c)
+    for _ in range(iters):
+        mass, s = _sums(p, w, idx, c.shape[0])
+        new, keep = _means(mass, s)
+        if keep.all() and np.array_equal(new, c):
+            break
+        if not keep.all():
+            c = new
+            idx, d = _nearest(p, c)
+            continue
+        moved = (new != c).any(axis=1)
+        c = new
+        idx, d = _nearest_moved(p, c, idx, d, moved)
+    return c, idx, int((d * w).sum())
+
+
+# -- learning on the bins --------------------------------------------------------------------------------
+
+
+def _coarse_bins(cols: np.ndarray, w: np.ndarray, limit: int):
+    """Merge distinct colours (M, C) int64 into boxes of 2**s values per channel.
+
+    s is the finest level giving at most 2 * limit occupied boxes (a soft limit: a 2x finer level beats an
+    8x coarser one for quality). Returns (box means (b, C) int64 on the 1/FIX grid, box masses (b,) int64,
+    box of each colour (M,) int64); the colours themselves (times FIX) when M <= limit.
+    """
+    channels = cols.shape[1]
+    if cols.shape[0] <= limit:
+        return cols * FIX, w.astype(np.int64), np.arange(cols.shape[0])
+    for s in range(1, 8):
+        b = 8 - s
+        key = np.zeros(cols.shape[0], np.int64)
+        for a in range(channels):
+            key = (key << b) | (cols[:, a] >> s)
+        if channels * b <= 24:  # a dense count is cheapest while the box table is at most 16 M entries
+            occ = np.flatnonzero(np.bincount(key, minlength=1 << (channels * b)))
+            binof = None
+        else:
+            occ, binof = np.unique(key, return_inverse=True)
+        if occ.size <= 2 * limit:
+            break
+    if binof is None:
+        remap = np.zeros(1 << (channels * b), np.int64)
+        remap[occ] = np.arange(occ.size)
+        binof = remap[key]
+    binof = binof.reshape(-1)
+    wf = w.astype(np.float64)
+    mass = np.bincount(binof, weights=wf, minlength=occ.size).astype(np.int64)  # exact: below 2**53
+    pts = np.empty((occ.size, channels), np.int64)
+    for a in range(channels):
+        s_a = np.bincount(binof, weights=wf * cols[:, a], minlength=occ.size).astype(np.int64)
+        pts[:, a] = (2 * FIX * s_a + mass) // (2 * mass)  # round(FIX * mean) in exact integers
+    return pts, mass, binof
+
+
+def _kpp(p, w, k, rng):
+    """Greedy weighted k-means++: 2 + ln k D^2-sampled candidates per step, keep the one that lowers the
+    potential most. float64 on integer coordinates: exact."""
+    pf = p.astype(np.float64)
+    wf = w.astype(np.float64)
     n = p.shape[0]
     trials = 2 + int(np.log(k))
-    first = int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum(), side="right"))
-    chosen = [min(first, n - 1)]
-    closest = _sq_dist_fixed(p, p[chosen])[:, 0]
+    first = min(int(np.searchsorted(np.cumsum(wf), rng.random() * wf.sum(), side="right")), n - 1)
+    chosen = [first]
+    pp = np.einsum("ij,ij->i", pf, pf)
+    closest = pp - 2 * pf @ pf[first] + pp[first]
     for _ in range(1, k):
-        cum = np.cumsum(weights * closest)
-        if cum[-1] <= 0.0:
+        cum = np.cumsum(wf * closest)
+        if cum[-1] <= 0:
             break  # every point already sits on a centre
-        draws = rng.random(trials) * cum[-1]
-        cand = np.minimum(np.searchsorted(cum, draws, side="right"), n - 1)
-        cand_d = np.minimum(closest[:, None], _sq_dist_fixed(p, p[cand]))
-        cand_pot = (weights[:, None] * cand_d).sum(axis=0)  # numpy's own summation: no BLAS, fixed order
-        best = int(np.argmin(cand_pot))
-        chosen.append(int(cand[best]))
-        closest = cand_d[:, best]
-    return p[chosen]
+        cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), n - 1)
+        dc = pp[:, None] - 2 * (pf @ pf[cand].T) + pp[cand][None, :]
+        cd = np.minimum(closest[:, None], dc)
+        b = int(np.argmin((wf[:, None] * cd).sum(axis=0)))
+        chosen.append(int(cand[b]))
+        closest = cd[:, b]
+    return p[chosen].copy()
 
 
-def weighted_kmeans(
-    points: np.ndarray,
-    weights: np.ndarray,
+def _swap(p, w, c, idx, err, rng, rounds, iters, cands=6):
+    """Swap local search: move the centre whose removal costs least to a D^2-sampled point (best of
+    ``cands``), run Lloyd, keep the result if the error fell. Returns (centres, index, error)."""
+    k = c.shape[0]
+    pf = p.astype(np.float64)
+    for _ in range(rounds):
+        idx, d, d2 = _nearest(p, c, second=True)
+        cost = np.bincount(idx, weights=(w * (d2 - d)).astype(np.float64), minlength=k)
+        j = int(np.argmin(cost))
+        dd = np.where(idx == j, d2, d).astype(np.float64)  # distances once centre j is gone
+        cum = np.cumsum(w * dd)
+        cand = np.minimum(np.searchsorted(cum, rng.random(cands) * cum[-1], side="right"), p.shape[0] - 1)
+        cd = np.minimum(dd[:, None], ((pf[:, None, :] - pf[cand][None]) ** 2).sum(2))
+        pick = cand[int(np.argmin((w[:, None] * cd).sum(axis=0)))]
+        trial = c.copy()
+        trial[j] = p[pick]
+        tc, ti, te = _lloyd(p, w, trial, iters)
+        if te < err and tc.shape[0] == k:
+            c, idx, err = tc, ti, te
+    return c, idx, err
+
+
+def _schedule(k: int) -> tuple[int, int]:
+    """(restarts, swap rounds) of the learning stage: more where each is cheap and matters most (small k)."""
+    if k <= 4:
+        return 6, 10
+    if k <= 16:
+        return 3, 10
+    if k <= 64:
+        return 1, 6
+    return 1, 2
+
+
+def _learn(p, w, k, seed, iters):
+    """Centres (m, C) on the 1/FIX grid (m <= k) learned on weighted points, and each point's centre."""
+    restarts, swaps = _schedule(k) if k > 1 else (1, 0)
+    rng = np.random.default_rng(seed)
+    best = None
+    for _ in range(restarts):
+        c, idx, err = _lloyd(p, w, _kpp(p, w, k, rng), iters)
+        if best is None or err < best[2]:
+            best = (c, idx, err)
+    c, idx, err = best
+    if swaps:
+        c, idx, err = _swap(p, w, c, idx, err, rng, swaps, iters)
+    return c, idx
+
+
+# -- integer stage -----------------------------------------------------------------------------------------
+
+
+def _to_uint8_grid(c):
+    """Centres on the 1/FIX grid rounded to whole channel values (still in 1/FIX units)."""
+    return np.clip((c + FIX // 2) // FIX, 0, 255) * FIX
+
+
+def _integer_refine(P, W, c, rounds):
+    """Round the centres to uint8; Lloyd with rounded centres while the error falls; exact final labels.
+
+    P (M, C), W (M,): all distinct colours (times FIX) and their weights. Returns (palette (m, C) uint8
+    sorted as tuples, label of every point int64 (M,), total squared error in FIX^2 units).
+    """
+    cur = np.unique(_to_uint8_grid(c), axis=0)
+    g, d = _nearest(P, cur)
+    err = int((d * W).sum())
+    for _ in range(rounds):
+        mass, s = _sums(P, W, g, cur.shape[0])
+        new, keep = _means(mass, s)
+        trial = _to_uint8_grid(new)
+        if not keep.all() or np.array_equal(trial, cur):
+            break
+        tg, td = _nearest_moved(P, trial, g.copy(), d.copy(), (trial != cur).any(axis=1))
+        te = int((td * W).sum())
+        if te >= err:
+            break
+        cur, g, d, err = trial, tg, td, te
+    pal = np.unique(cur, axis=0)  # rows sorted as tuples, duplicates merged
+    if not np.array_equal(pal, cur):
+        g, d = _nearest(P, pal)  # exact labels against the final order
+    used = np.unique(g)
+    if used.size < pal.shape[0]:  # drop centres no colour uses; the order (so tie-breaks) is kept
+        remap = np.full(pal.shape[0], -1, np.int64)
+        remap[used] = np.arange(used.size)
+        pal, g = pal[used], remap[g]
+    return (pal // FIX).astype(np.uint8), g, err
+
+
+def _polish_big(K, P, W, c, idx, iters):
+    """numba path: Lloyd on all distinct colours, then the integer stage, in place.
+
+    P (M, 3) int32 fixed point, W (M,) int32, idx (M,) uint8 guesses, overwritten with the labels (k <= 256,
+    so labels fit a byte). Returns (palette (m, 3) uint8 sorted as tuples, idx, error in FIX^2 units).
+    """
+    c = np.ascontiguousarray(c, dtype=np.int64)
+    K.assign(P, c, idx, W)
+    for _ in range(iters):
+        mass, s = K.group_sums(P, W, idx, c.shape[0])
+        new, keep = _means(mass, s)
+        if keep.all() and np.array_equal(new, c):
+            break
+        if not keep.all():  # no point carries an emptied centre's label: shift the higher labels down
+            np.take((np.cumsum(keep) - 1).astype(np.uint8), idx, out=idx)
+        c = np.ascontiguousarray(new)
+        K.assign(P, c, idx, W)
+    cur = _to_uint8_grid(c)
+    err = K.assign(P, cur, idx, W)
+    for _ in range(INTEGER_ROUNDS):
+        mass, s = K.group_sums(P, W, idx, cur.shape[0])
+        new, keep = _means(mass, s)
+        trial = _to_uint8_grid(new)
+        if not keep.all() or np.array_equal(trial, cur):
+            break
+        save = idx.copy()
+        te = K.assign(P, trial, idx, W)
+        if te >= err:
+            idx[:] = save
+            break
+        cur, err = trial, te
+        del save
+    pal, inv = np.unique(cur, axis=0, return_inverse=True)
+    np.take(inv.reshape(-1).astype(np.uint8), idx, out=idx)
+    err = K.assign(P, np.ascontiguousarray(pal), idx, W)  # exact labels in the final order
+    mass, _ = K.group_sums(P, W, idx, pal.shape[0])
+    used = np.flatnonzero(mass)
+    if used.size < pal.shape[0]:
+        remap = np.zeros(pal.shape[0], np.uint8)
+        remap[used] = np.arange(used.size)
+        pal = pal[used]
+        np.take(remap, idx, out=idx)
+    return (pal // FIX).astype(np.uint8), idx, int(err)
+
+
+# -- public entry points ---------------------------------------------------------------------------------
+
+
+def _flat(samples: np.ndarray) -> np.ndarray:
+    if samples.ndim != 3 or not 1 <= samples.shape[2] <= MAX_CHANNELS or samples.dtype != np.uint8:
+        raise ValueError(f"samples must be a (H, W, C) uint8 array with 1 <= C <= {MAX_CHANNELS}")
+    return np.ascontiguousarray(samples).reshape(-1, samples.shape[2])
+
+
+def fit_palette(
+    samples: np.ndarray,
     k: int,
     *,
     seed: int = 0,
     max_iter: int = 100,
-    tol: float = 1.0 / 64,
-    init: np.ndarray | None = None,
-) -> np.ndarray:
-    """Lloyd's k-means on weighted points; returns float64 centres (m, d), m <= k, in channel units.
+    sample_weight: np.ndarray | None = None,
+    engine: str = "auto",
+) -> PaletteFit:
+    """Learn at most ``k`` (1..256) uint8 colours from (H, W, C) uint8 samples and label every pixel.
 
-    points : (n, d) coordinates in channel units (0..255); weights : (n,) positive (pixel counts).
-    Seeding is greedy k-means++ driven by ``seed``, unless ``init`` (m, d) gives the starting centres.
-    Stops when no centre moves by more than ``tol`` channel units, or after ``max_iter`` iterations.
-    Centres that lose all their points are dropped, so m can be smaller than k.
+    seed : drives the k-means++ seeding and swap search (numpy ``default_rng``).
+    max_iter : caps the Lloyd iterations of each learning and polishing run (which stop earlier when they
+        converge, and after LEARN_ITERS / POLISH_ITERS anyway).
+    sample_weight : optional (H, W) non-negative integers: each pixel counts that many times. Weighted fits
+        always take the numpy path and return ``labels=None``.
+    engine : "auto" (numba for 3-channel images of at least NUMBA_MIN_PIXELS pixels, when numba imports),
+        "numpy" or "numba" (forced; "numba" raises when it cannot run).
     """
-    p = to_fixed(points)
-    w = np.asarray(weights, dtype=np.float64)
-    if init is None:
-        centres = _kmeans_plus_plus(p, w, k, np.random.default_rng(seed))
+    from threadpoolctl import threadpool_limits
+
+    flat = _flat(samples)
+    h, w = samples.shape[:2]
+    weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.int64).reshape(-1)
+    kernels = _pick_kernels(engine, flat.shape[0], flat.shape[1], weights is not None)
+    if flat.shape[0] == 0:
+        return PaletteFit(np.zeros((0, flat.shape[1]), np.uint8), np.zeros((h, w), np.uint8), 0)
+    iters = max(1, min(int(max_iter), LEARN_ITERS))
+    with threadpool_limits(1, user_api="blas"):
+        if kernels is not None:
+            palette, labels, sse = _fit_big(kernels, flat, int(k), int(seed), iters)
+        else:
+            palette, labels, sse = _fit_small(flat, int(k), int(seed), iters, weights)
+    return PaletteFit(palette, None if labels is None else labels.reshape(h, w), sse)
+
+
+def _fit_small(flat, k, seed, iters, weights):
+    """numpy path, any C: (palette, labels (N,) or None when weighted, sse in channel units^2)."""
+    channels = flat.shape[1]
+    keys = _keys(flat)
+    if weights is None:
+        distinct, W = np.unique(keys, return_counts=True)
+        W = W.astype(np.int64)
     else:
-        centres = to_fixed(init)
-    for _ in range(max_iter):
-        index, _ = _nearest_fixed(p, centres)
-        mass, sums = group_sums(index, w, p, centres.shape[0])
-        keep = mass > 0
-        new = np.rint(sums[keep] / mass[keep, None])
-        done = new.shape == centres.shape and float(np.abs(new - centres).max()) <= tol * _SCALE
-        centres = new
-        if done:
-            break
-    return centres / _SCALE
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        W = np.bincount(inverse.reshape(-1), weights=weights.astype(np.float64), minlength=distinct.size)
+        W = W.astype(np.int64)
+        del inverse
+        keys = None
+        distinct, W = distinct[W > 0], W[W > 0]  # zero-weight colours do not shape the palette
+    cols = _unpack(distinct, channels)
+    if distinct.size <= k:  # every colour gets its own entry: lossless
+        palette, label_of, err = cols.astype(np.uint8), np.arange(distinct.size), 0
+    else:
+        P = cols * FIX
+        bp, bw, _ = _coarse_bins(cols, W, min(LEARN_POINTS, max(4096, 64 * k)))
+        c, _ = _learn(bp, bw, k, seed, iters)
+        mp, mw = _coarse_bins(cols, W, MID_POINTS)[:2] if k >= MID_MIN_K else (P, W)
+        if mp.shape[0] > bp.shape[0]:  # finer than the learning bins: worth a polish
+            c, _, _ = _lloyd(mp, mw, c, min(POLISH_ITERS, iters))
+        palette, label_of, err = _integer_refine(P, W, c, INTEGER_ROUNDS)
+    labels = None if keys is None else _gather(keys, distinct, label_of, channels)
+    return palette, labels, err // (FIX * FIX)
+
+
+def _fit_big(K, flat, k, seed, iters):
+    """numba path, C == 3: (palette, labels (N,), sse in channel units^2)."""
+    keys, W = K.distinct_colours(flat)
+    P = K.points_from_keys(keys, FIX)
+    if keys.size <= k:  # lossless
+        palette, label_of, err = (P // FIX).astype(np.uint8), np.arange(keys.size, dtype=np.uint8), 0
+    else:
+        # Learn on the same boxes as the numpy path, built without its (M,)-sized int64 temporaries.
+        bp, bw, binof = K.coarse_bins(P, W, FIX, K.learning_shift(P, FIX, 2 * LEARN_POINTS))
+        c, bidx = _learn(bp, bw, k, seed, iters)
+        idx = bidx.astype(np.uint8)[binof]
+        del binof
+        palette, label_of, err = _polish_big(K, P, W, c, idx, min(POLISH_ITERS, iters))
+    del P, W
+    lut = np.zeros(1 << 24, np.uint8)  # colour -> label, filled at the distinct colours only
+    lut[keys] = label_of
+    return palette, K.label_pixels(flat, lut), err // (FIX * FIX)
+
+
+def nearest_colour(colours: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest palette row of each colour, ties to the lower index.
+
+    colours (M, C) and palette (m, C), m >= 1: integers 0..255. Returns (index int64 (M,), squared
+    distance int64 (M,), channel units^2).
+    """
+    palette = np.asarray(palette, dtype=np.int64)
+    if palette.shape[0] == 0:
+        raise ValueError("the palette is empty: nothing to map colours to")
+    return _nearest(np.asarray(colours, dtype=np.int64), palette)
+
+
+def label_pixels(samples: np.ndarray, palette: np.ndarray, *, engine: str = "auto") -> np.ndarray:
+    """Label (H, W, C) uint8 samples with the index of their nearest ``palette`` row: (H, W) uint8.
+
+    Exact, ties to the lower index; one nearest-colour search per distinct colour, then a gather.
+    """
+    flat = _flat(samples)
+    h, w = samples.shape[:2]
+    palette = np.asarray(palette, dtype=np.uint8)
+    if palette.ndim != 2 or palette.shape[1] != flat.shape[1]:
+        raise ValueError(f"palette must have shape (m, {flat.shape[1]}), got {palette.shape}")
+    if flat.shape[0] == 0:
+        return np.zeros((h, w), np.uint8)
+    if palette.shape[0] == 0:
+        raise ValueError("the palette is empty: nothing to map colours to")
+    from threadpoolctl import threadpool_limits
+
+    kernels = _pick_kernels(engine, flat.shape[0], flat.shape[1], False)
+    with threadpool_limits(1, user_api="blas"):
+        if kernels is not None:
+            labels = _label_big(kernels, flat, palette)
+        else:
+            keys = _keys(flat)
+            distinct = np.unique(keys)
+            label_of, _ = nearest_colour(_unpack(distinct, flat.shape[1]), palette)
+            labels = _gather(keys, distinct, label_of, flat.shape[1])
+    return labels.reshape(h, w)
+
+
+def _label_big(K, flat, palette):
+    """numba path of ``label_pixels`` (C == 3): exact pruned search per distinct colour, guesses from the
+    nearest palette colour of each colour's learning box."""
+    keys, W = K.distinct_colours(flat)
+    P = K.points_from_keys(keys, FIX)
+    centres = palette.astype(np.int64) * FIX
+    bp, _, binof = K.coarse_bins(P, W, FIX, K.learning_shift(P, FIX, 2 * LEARN_POINTS))
+    idx = _nearest(bp, centres)[0].astype(np.uint8)[binof]
+    del binof
+    K.assign(P, centres, idx, W)
+    del P, W
+    lut = np.zeros(1 << 24, np.uint8)
+    lut[keys] = idx
+    return K.label_pixels(flat, lut)

@@ -5,7 +5,8 @@ samples to uint8 label indices:
 
 - ``"global"``: one ascending table of intensities shared by every channel (exact 1-D optimum);
 - ``"channel"``: one ascending table per channel (exact 1-D optimum each);
-- ``"rgb"``: one table of colour vectors, one label per pixel (weighted k-means on distinct colours).
+- ``"rgb"``: one table of colour vectors, one label per pixel (weighted k-means on distinct colours,
+  ``kquant_codec.kmeans_colour``; large 3-channel images use numba kernels, imported on first need).
 
 It works on sample arrays of shape (H, W, C) uint8; ``kquant_codec.pixels`` turns Pillow images into
 such arrays and back.
@@ -13,13 +14,14 @@ such arrays and back.
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 from typing import Any
 
 import numpy as np
 
 from .kmeans1d import nearest_level_lut, optimal_levels
-from .kmeans_colour import group_sums, nearest_centroid, weighted_kmeans
+from .kmeans_colour import MAX_CHANNELS, fit_palette, label_pixels
 
 __all__ = ["KMeansQuantizer", "MODES", "check_k", "check_mode"]
 
@@ -54,78 +56,16 @@ def _as_samples(samples: Any) -> np.ndarray:
     return arr
 
 
-def _pack_keys(colours: np.ndarray) -> np.ndarray:
-    """Pack (N, C) uint8 colours (C <= 8) into one uint64 key each, ordered like the tuples."""
-    keys = np.zeros(colours.shape[0], dtype=np.uint64)
-    for c in range(colours.shape[1]):
-        keys = (keys << np.uint64(8)) | colours[:, c].astype(np.uint64)
-    return keys
+def _fingerprint(arr: np.ndarray) -> tuple:
+    """Identity and content of a sample array: where it lives, its layout and a digest of its bytes.
 
-
-def _unpack_keys(keys: np.ndarray, channels: int) -> np.ndarray:
-    out = np.empty((keys.shape[0], channels), dtype=np.uint8)
-    for c in range(channels - 1, -1, -1):
-        out[:, c] = (keys & np.uint64(0xFF)).astype(np.uint8)
-        keys = keys >> np.uint64(8)
-    return out
-
-
-def distinct_colours(
-    colours: np.ndarray, weights: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct rows of a (N, C) uint8 array, sorted as tuples.
-
-    Returns (distinct (M, C) uint8, count (M,) int64 — the summed weights, inverse (N,) int64 such that
-    ``distinct[inverse] == colours``).
+    Tells ``predict`` whether it is given the very array ``fit`` labelled, unchanged since. The digest
+    (SHA-1, about 2.5 ms per megapixel of RGB) guards against the array being modified in place between
+    the two calls; it is not a security boundary.
     """
-    keys = _pack_keys(colours)
-    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    if weights is not None:
-        counts = np.bincount(inverse, weights=weights, minlength=uniq.size).astype(np.int64)
-    return _unpack_keys(uniq, colours.shape[1]), counts, inverse.reshape(-1)
-
-
-_LEARN_POINTS = 16384  # most histogram points k-means learns on before polishing on all colours
-_POLISH_ITER = 8  # Lloyd iterations on all distinct colours after learning on the coarse histogram
-
-
-def _coarse_histogram(distinct: np.ndarray, counts: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge distinct colours into bins of 2**s levels per channel until at most ``limit`` bins remain.
-
-    Each bin is represented by the weighted mean of its colours and their total count, which keeps the
-    histogram's first moments. Returns the inputs unchanged when they are already small enough.
-    """
-    if distinct.shape[0] <= limit:
-        return distinct, counts
-    for shift in range(1, 8):
-        keys = _pack_keys(distinct >> shift)
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        if uniq.size <= limit:
-            break
-    mass, sums = group_sums(inverse, counts.astype(np.float64), distinct, uniq.size)
-    return sums / mass[:, None], mass
-
-
-def _refine_integer(colours: np.ndarray, counts: np.ndarray, centres: np.ndarray, rounds: int = 8) -> np.ndarray:
-    """Round float centres to uint8 and polish them with Lloyd steps in integer space.
-
-    Each pixel goes to its nearest *rounded* centre (exact integer distances), each centre moves to the
-    rounded mean of its pixels; stop as soon as the total squared error stops falling.
-    """
-    best = np.unique(np.clip(np.rint(centres), 0, 255).astype(np.uint8), axis=0)
-    index, dist = nearest_centroid(colours, best)
-    best_err = int((dist * counts).sum())
-    for _ in range(rounds):
-        mass, sums = group_sums(index, counts.astype(np.float64), colours, best.shape[0])
-        used = mass > 0
-        trial = np.unique(np.clip(np.rint(sums[used] / mass[used, None]), 0, 255).astype(np.uint8), axis=0)
-        t_index, t_dist = nearest_centroid(colours, trial)
-        t_err = int((t_dist * counts).sum())
-        if t_err >= best_err:
-            break
-        best, index, best_err = trial, t_index, t_err
-    # Drop centres no colour is nearest to: they would never be used.
-    return best[np.unique(index)]
+    data = np.ascontiguousarray(arr).reshape(-1)  # 1-D: a buffer even when a dimension is 0
+    digest = hashlib.sha1(memoryview(data), usedforsecurity=False).digest()
+    return arr.__array_interface__["data"][0], arr.shape, arr.strides, digest
 
 
 class KMeansQuantizer:
@@ -141,7 +81,8 @@ class KMeansQuantizer:
     seed : int
         Seed of the k-means++ initialisation (``"rgb"`` only; the 1-D modes are exact and need none).
     max_iter : int
-        Most Lloyd iterations in ``"rgb"`` mode.
+        Most Lloyd iterations of each learning and polishing run in ``"rgb"`` mode (the runs also stop at
+        convergence, and after 40 and 20 iterations).
 
     Attributes
     ----------
@@ -152,8 +93,16 @@ class KMeansQuantizer:
     inertia_ : int, total squared error of the fitted samples against their nearest centroid.
 
     The sample arrays taken by ``fit``/``predict``/``transform`` have shape (H, W, C) or (H, W), dtype
-    uint8. Labels from ``predict`` are uint8: shape (H, W) in ``"rgb"`` mode, (H, W, C) otherwise.
+    uint8 (C <= 8 in ``"rgb"`` mode). Labels from ``predict`` are uint8: shape (H, W) in ``"rgb"`` mode,
+    (H, W, C) otherwise. In ``"rgb"`` mode every pixel gets its nearest centroid exactly (least squared
+    distance, ties to the lower index), and an image with at most k distinct colours is reproduced exactly.
+    Results are identical in every run, process and thread count.
+
+    ``fit`` in ``"rgb"`` mode labels every pixel anyway; those labels are kept for the next ``predict`` of
+    the same unchanged array (``fit(a).predict(a)``, ``fit_transform``), which then costs no second pass.
     """
+
+    _engine = "auto"  # kmeans_colour engine for "rgb" mode; tests force "numpy" or "numba" per instance
 
     def __init__(self, k: int = 8, mode: str = "rgb", seed: int = 0, max_iter: int = 100) -> None:
         self.k = k
@@ -186,8 +135,23 @@ class KMeansQuantizer:
             weights = np.asarray(sample_weight, dtype=np.int64).reshape(-1)
             if weights.size != arr.shape[0] * arr.shape[1] or (weights < 0).any():
                 raise ValueError("sample_weight must be non-negative, one per pixel")
+        self._fitted_labels = None
         if mode == "rgb":
-            self.centroids_, self.inertia_ = self._fit_vectors(arr.reshape(-1, channels), weights, k)
+            if channels > MAX_CHANNELS:
+                raise ValueError(f'"rgb" mode takes at most {MAX_CHANNELS} channels, got {channels}')
+            fitted = fit_palette(
+                arr,
+                k,
+                seed=int(self.seed),
+                max_iter=int(self.max_iter),
+                sample_weight=weights,
+                engine=self._engine,
+            )
+            self.centroids_, self.inertia_ = fitted.palette, fitted.sse
+            if fitted.labels is not None:
+                # Kept for one predict() of the same, unchanged array: labelling every pixel again would
+                # count the colours a second time (the biggest single cost on large images).
+                self._fitted_labels = (_fingerprint(arr), fitted.labels)
         else:
             per_channel = mode == "channel"
             groups = range(channels) if per_channel else [slice(None)]
@@ -207,24 +171,6 @@ class KMeansQuantizer:
         self.n_channels_ = channels
         return self
 
-    def _fit_vectors(self, colours: np.ndarray, weights: np.ndarray | None, k: int) -> tuple[np.ndarray, int]:
-        if colours.shape[0] == 0:
-            return np.zeros((0, colours.shape[1]), dtype=np.uint8), 0
-        distinct, counts, _ = distinct_colours(colours, weights)
-        present = counts > 0
-        distinct, counts = distinct[present], counts[present]
-        if distinct.shape[0] <= k:
-            return distinct, 0  # every colour gets its own centroid: lossless
-        seed, max_iter = int(self.seed), int(self.max_iter)
-        # Learn on a coarser histogram when there are many distinct colours, then polish on all of them.
-        points, mass = _coarse_histogram(distinct, counts, _LEARN_POINTS)
-        centres = weighted_kmeans(points, mass, k, seed=seed, max_iter=max_iter)
-        if points is not distinct:
-            centres = weighted_kmeans(distinct, counts, k, init=centres, max_iter=min(max_iter, _POLISH_ITER))
-        table = _refine_integer(distinct, counts, centres)
-        _, dist = nearest_centroid(distinct, table)
-        return table, int((dist * counts).sum())
-
     # -- applying -------------------------------------------------------------------------------
 
     def _check_fitted(self, arr: np.ndarray) -> None:
@@ -239,11 +185,10 @@ class KMeansQuantizer:
         self._check_fitted(arr)
         h, w, channels = arr.shape
         if self.mode_ == "rgb":
-            if h * w == 0:
-                return np.zeros((h, w), dtype=np.uint8)
-            distinct, _, inverse = distinct_colours(arr.reshape(-1, channels))
-            index, _ = nearest_centroid(distinct, self.centroids_)
-            return index.astype(np.uint8)[inverse].reshape(h, w)
+            cached, self._fitted_labels = getattr(self, "_fitted_labels", None), None  # one use only
+            if cached is not None and cached[0] == _fingerprint(arr):
+                return cached[1]
+            return label_pixels(arr, self.centroids_, engine=self._engine)
         tables = self.centroids_ if self.mode_ == "channel" else (self.centroids_,) * channels
         labels = np.empty_like(arr)
         for c in range(channels):
@@ -264,6 +209,11 @@ class KMeansQuantizer:
 
     def fit_transform(self, samples: Any) -> np.ndarray:
         return self.fit(samples).transform(samples)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_fitted_labels", None)  # a per-process shortcut, not part of the fitted model
+        return state
 
     def __repr__(self) -> str:
         return f"KMeansQuantizer(k={self.k!r}, mode={self.mode!r}, seed={self.seed!r}, max_iter={self.max_iter!r})"

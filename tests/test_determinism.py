@@ -15,31 +15,43 @@ from kquant_codec import KMeansQuantize, KMeansQuantizer
 DIGEST_SCRIPT = """
 import hashlib, numpy as np
 from sklearn.datasets import load_sample_image
-from kquant_codec import KMeansQuantizer
+from kquant_codec import KMeansQuantizer, kmeans_colour
 arr = load_sample_image("flower.jpg")[::2, ::2]
 h = hashlib.sha256()
 for mode in ("rgb", "global", "channel"):
     q = KMeansQuantizer(k=24, mode=mode, seed=5).fit(arr)
     h.update(q.predict(arr).tobytes())
     h.update(np.concatenate([np.ravel(t) for t in (q.centroids_ if mode == "channel" else [q.centroids_])]).tobytes())
+# the numba path (large images), on the full photo: thresholds lowered so that the test stays fast
+kmeans_colour.NUMBA_MIN_PIXELS = 0
+big = load_sample_image("flower.jpg")
+for k in (7, 200):
+    q = KMeansQuantizer(k=k, seed=5).fit(big)
+    h.update(q.centroids_.tobytes() + q.predict(big).tobytes())
+    h.update(kmeans_colour.label_pixels(big, q.centroids_).tobytes())
 print(h.hexdigest())
 """
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def _digest_in_subprocess(threads: str | None) -> str:
     env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in THREAD_VARS:
         env.pop(var, None)
         if threads is not None:
             env[var] = threads
-    out = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 
 def test_same_labels_across_processes_and_thread_counts():
+    """BLAS, OpenMP and numba thread counts 1, 2, 3 and the defaults: the same labels and tables."""
     one = _digest_in_subprocess("1")
     assert one == _digest_in_subprocess(None)
     assert one == _digest_in_subprocess("2")
+    assert one == _digest_in_subprocess("3")
 
 
 def test_thread_pool_matches_serial(china, flower):

@@ -1,0 +1,295 @@
+"""numba kernels for large 3-channel images in "rgb" mode; imported lazily by ``kmeans_colour``.
+
+Importing this module imports numba (about 0.2-0.3 s and 70 MB of resident memory); the first call of the
+cached kernels in a process costs about 0.3-0.5 s more; a cold cache (first use after installing or
+editing this file) compiles them once, in 10-15 s. ``cache=True`` stores the machine code in this
+package's ``__pycache__``, or, when that is not writable, in numba's per-user cache directory
+(``NUMBA_CACHE_DIR`` overrides both).
+
+Threads: the kernels are ``nogil`` and the wrappers below split the work into ranges run by a
+``ThreadPoolExecutor`` of ``numba.config.NUMBA_NUM_THREADS`` threads (the ``NUMBA_NUM_THREADS`` variable;
+default: the CPU count). numba's own ``parallel=True`` is deliberately not used: its OpenMP threading layer
+kills a forked child process that calls a parallel kernel ("fork() called from a process already using GNU
+OpenMP"), and its workqueue layer aborts when two Python threads call parallel kernels at once; both would
+make the codec unsafe inside multiprocessing or thread pools.
+
+Exactness: points and centres are integers in fixed point (a colour value v is stored as ``fix * v``) and
+every distance and sum is exact int64 arithmetic, so results do not depend on thread count or order.
+Shapes: ``flat`` (N, 3) uint8 pixels; points ``P`` (M, 3) int32; weights ``W`` (M,) int32; centres (m, 3)
+int64 (m <= 256); labels ``idx`` (M,) uint8.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "distinct_colours",
+    "points_from_keys",
+    "learning_shift",
+    "coarse_bins",
+    "group_sums",
+    "assign",
+    "label_pixels",
+]
+
+_OPTS = {"cache": True, "nogil": True, "boundscheck": False}
+_MIN_RANGE = 1 << 14  # fewest points per thread task: below this, thread hand-off costs more than it saves
+
+
+# -- colour histogram --------------------------------------------------------------------------------
+
+
+@njit(**_OPTS)
+def _count_half(flat, counts, half):
+    """Count the pixels whose red value has top bit ``half`` into ``counts`` ((2**23,) uint32).
+
+    Two half-size tables (32 MB) instead of one 2**24 table (64 MB) cost one more pass over the pixels
+    (about 0.1 s at 24 MP) and keep 32 MB off the peak memory of a large encode.
+    """
+    for i in range(flat.shape[0]):
+        r = np.int64(flat[i, 0])
+        if (r >> 7) == half:
+            counts[((r & 127) << 16) | (np.int64(flat[i, 1]) << 8) | np.int64(flat[i, 2])] += 1
+
+
+@njit(**_OPTS)
+def _extract(counts, offset):
+    """Occupied entries of a count table: keys (offset + entry, ascending) int32 and their counts int32."""
+    m = 0
+    for i in range(counts.shape[0]):
+        if counts[i] != 0:
+            m += 1
+    keys = np.empty(m, np.int32)
+    w = np.empty(m, np.int32)
+    j = 0
+    for i in range(counts.shape[0]):
+        if counts[i] != 0:
+            keys[j] = offset + i
+            w[j] = counts[i]
+            j += 1
+    return keys, w
+
+
+def distinct_colours(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct colours of (N, 3) uint8 pixels (N < 2**31) as 24-bit keys (M,) int32, ascending (= tuple
+    order), and how many pixels have each, (M,) int32."""
+    counts = np.zeros(1 << 23, np.uint32)
+    parts = []
+    for half in (0, 1):
+        if half:
+            counts[:] = 0
+        _count_half(flat, counts, half)
+        parts.append(_extract(counts, half << 23))
+    del counts
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+@njit(**_OPTS)
+def points_from_keys(keys, fix):
+    """24-bit colour keys (M,) -> fixed-point points (M, 3) int32: ``fix`` times (r, g, b)."""
+    pts = np.empty((keys.shape[0], 3), np.int32)
+    for j in range(keys.shape[0]):
+        key = keys[j]
+        pts[j, 0] = (key >> 16) * fix
+        pts[j, 1] = ((key >> 8) & 255) * fix
+        pts[j, 2] = (key & 255) * fix
+    return pts
+
+
+# -- learning bins -----------------------------------------------------------------------------------
+
+
+@njit(inline="always", **_OPTS)
+def _box_key(P, i, fix, shift):
+    """Index of the (2**shift)^3 colour box holding point i."""
+    b = 8 - shift
+    r = (np.int64(P[i, 0]) // fix) >> shift
+    g = (np.int64(P[i, 1]) // fix) >> shift
+    bl = (np.int64(P[i, 2]) // fix) >> shift
+    return (r << (2 * b)) | (g << b) | bl
+
+
+@njit(**_OPTS)
+def _occupied(P, fix, shift):
+    """Number of occupied (2**shift)^3 boxes."""
+    seen = np.zeros(1 << (3 * (8 - shift)), np.uint8)
+    m = 0
+    for i in range(P.shape[0]):
+        key = _box_key(P, i, fix, shift)
+        if seen[key] == 0:
+            seen[key] = 1
+            m += 1
+    return m
+
+
+def learning_shift(P: np.ndarray, fix: int, limit: int) -> int:
+    """The finest box size 2**s (s = 1..7) whose occupied boxes number at most ``limit`` (7 if none)."""
+    return next((s for s in range(1, 8) if _occupied(P, fix, s) <= limit), 7)
+
+
+@njit(**_OPTS)
+def coarse_bins(P, W, fix, shift):
+    """Merge points into (2**shift)^3 boxes.
+
+    Returns (box means (b, 3) int64 fixed point, box masses (b,) int64, box of each point (M,) int32).
+    A mean is round(sum / mass) in exact integers; boxes are numbered in key order.
+    """
+    nbox = 1 << (3 * (8 - shift))
+    slot = np.full(nbox, -1, np.int32)
+    n = P.shape[0]
+    for i in range(n):
+        slot[_box_key(P, i, fix, shift)] = 0
+    m = 0
+    for key in range(nbox):
+        if slot[key] == 0:
+            slot[key] = m
+            m += 1
+    mass = np.zeros(m, np.int64)
+    sums = np.zeros((m, 3), np.int64)
+    binof = np.empty(n, np.int32)
+    for i in range(n):
+        j = slot[_box_key(P, i, fix, shift)]
+        binof[i] = j
+        w = np.int64(W[i])
+        mass[j] += w
+        for t in range(3):
+            sums[j, t] += w * np.int64(P[i, t])
+    pts = np.empty((m, 3), np.int64)
+    for j in range(m):
+        for t in range(3):
+            pts[j, t] = (2 * sums[j, t] + mass[j]) // (2 * mass[j])
+    return pts, mass, binof
+
+
+# -- Lloyd steps on all distinct colours ---------------------------------------------------------------
+
+
+@njit(**_OPTS)
+def group_sums(P, W, idx, k):
+    """Exact int64 total weight (k,) and weighted coordinate sums (k, 3) of the points labelled 0..k-1."""
+    mass = np.zeros(k, np.int64)
+    sums = np.zeros((k, 3), np.int64)
+    for i in range(P.shape[0]):
+        j = idx[i]
+        w = np.int64(W[i])
+        mass[j] += w
+        for t in range(3):
+            sums[j, t] += w * np.int64(P[i, t])
+    return mass, sums
+
+
+@njit(**_OPTS)
+def _centre_order(c):
+    """For each centre g: all centres sorted by distance from g (stable: ties by index), and those distances."""
+    k = c.shape[0]
+    cd = np.empty((k, k), np.float64)
+    for a in range(k):
+        for b in range(k):
+            s = 0
+            for t in range(3):
+                d = c[a, t] - c[b, t]
+                s += d * d
+            cd[a, b] = np.sqrt(np.float64(s))
+    order = np.empty((k, k), np.int64)
+    dist = np.empty((k, k), np.float64)
+    for a in range(k):
+        o = np.argsort(cd[a], kind="mergesort")
+        order[a] = o
+        for j in range(k):
+            dist[a, j] = cd[a, o[j]]
+    return order, dist
+
+
+@njit(**_OPTS)
+def _assign_range(P, c, order, cdist, idx, W, start, stop):
+    """Exact nearest centre of points start..stop-1, in place; returns their sum of W * squared distance.
+
+    ``idx`` holds a guess on entry (any valid label; a good guess makes this fast) and the nearest centre
+    on exit, ties to the lower index. Triangle inequality: a centre j can be nearer to p than the current
+    best b only if |c_j - c_g| <= |p - c_g| + |p - c_b|, so the centres are scanned in order of distance
+    from the guess g and the scan stops at that bound. The bound carries a relative and an absolute margin
+    so that float rounding of the square roots can only widen it; the decision itself is exact int64.
+    """
+    k = c.shape[0]
+    acc = np.int64(0)
+    for i in range(start, stop):
+        g = np.int64(idx[i])
+        if g >= k:
+            g = 0
+        p0 = np.int64(P[i, 0])
+        p1 = np.int64(P[i, 1])
+        p2 = np.int64(P[i, 2])
+        d0 = p0 - c[g, 0]
+        d1 = p1 - c[g, 1]
+        d2 = p2 - c[g, 2]
+        best = g
+        bd = d0 * d0 + d1 * d1 + d2 * d2
+        rg = np.sqrt(np.float64(bd))
+        lim = 2.0 * rg * (1.0 + 1e-12) + 1e-6
+        for jj in range(k):
+            if cdist[g, jj] > lim:
+                break
+            j = order[g, jj]
+            if j == g:  # not assumed to come first: a duplicate centre also sits at distance 0
+                continue
+            e0 = p0 - c[j, 0]
+            e1 = p1 - c[j, 1]
+            e2 = p2 - c[j, 2]
+            d = e0 * e0 + e1 * e1 + e2 * e2
+            if d < bd or (d == bd and j < best):
+                if d < bd:
+                    lim = (rg + np.sqrt(np.float64(d))) * (1.0 + 1e-12) + 1e-6
+                best = j
+                bd = d
+        idx[i] = best
+        acc += bd * np.int64(W[i])
+    return acc
+
+
+@njit(**_OPTS)
+def _label_range(flat, lut, out, start, stop):
+    """out[i] = lut[24-bit key of pixel i] for i in start..stop-1."""
+    for i in range(start, stop):
+        out[i] = lut[(np.int64(flat[i, 0]) << 16) | (np.int64(flat[i, 1]) << 8) | np.int64(flat[i, 2])]
+
+
+def _threads() -> int:
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+def _run_ranges(fn, n: int, *args) -> list:
+    """``fn(*args, start, stop)`` over ranges covering 0..n-1, on up to NUMBA_NUM_THREADS threads.
+
+    A pool per call (not a module-level one) keeps this safe after ``fork`` and from any number of caller
+    threads; creating two or four threads costs well under a millisecond.
+    """
+    threads = min(_threads(), max(1, n // _MIN_RANGE))
+    if threads == 1:
+        return [fn(*args, 0, n)]
+    parts = 4 * threads  # several ranges per thread even out uneven ones (pruned searches vary in cost)
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [
+            pool.submit(fn, *args, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a
+        ]
+        return [f.result() for f in futures]
+
+
+def assign(P: np.ndarray, centres: np.ndarray, idx: np.ndarray, W: np.ndarray) -> int:
+    """Exact nearest centre of every point, in place in ``idx`` (guesses on entry); returns the total
+    weighted squared distance (fixed-point units squared), an exact integer."""
+    centres = np.ascontiguousarray(centres, dtype=np.int64)
+    order, cdist = _centre_order(centres)
+    return int(sum(_run_ranges(_assign_range, P.shape[0], P, centres, order, cdist, idx, W)))
+
+
+def label_pixels(flat: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Labels (N,) uint8 of (N, 3) uint8 pixels through a 2**24 colour -> label table."""
+    out = np.empty(flat.shape[0], np.uint8)
+    _run_ranges(_label_range, flat.shape[0], flat, lut, out)
+    return out

@@ -1,0 +1,296 @@
+"""The "rgb" learner's two engines (numpy; numba kernels for large images) and what uses them.
+
+Both engines must label every pixel with its nearest palette colour exactly (ties to the lower index),
+keep images with at most k colours lossless, and give the same result on every run and thread count.
+The numba engine is forced on small images (``engine="numba"`` or a lowered ``NUMBA_MIN_PIXELS``) so
+the tests stay fast; one test runs a 12-megapixel image through the default ("auto") engine.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import kquant_codec as kq
+from kquant_codec import KMeansQuantize, KMeansQuantizer, kmeans_colour
+from kquant_codec.kmeans_colour import fit_palette, label_pixels
+
+ENGINES = ["numpy", "numba"]
+
+
+def reference_labels(samples: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force nearest palette row of every pixel, exact float64 on integers; first minimum wins.
+
+    Returns (labels (N,), squared distances (N,)); one search per distinct colour, in blocks.
+    """
+    flat = samples.reshape(-1, samples.shape[-1])
+    keys = np.zeros(len(flat), np.uint64)
+    for c in range(flat.shape[1]):
+        keys = (keys << np.uint64(8)) | flat[:, c]
+    distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    p = flat[first].astype(np.float64)
+    c = palette.astype(np.float64)
+    index = np.empty(len(p), np.int64)
+    dist = np.empty(len(p), np.int64)
+    step = 1 << 16
+    for s in range(0, len(p), step):
+        blk = (p[s : s + step] ** 2).sum(1)[:, None] - 2 * p[s : s + step] @ c.T + (c**2).sum(1)[None]
+        index[s : s + step] = np.argmin(blk, axis=1)  # exact: integers far below 2**53
+        dist[s : s + step] = np.rint(blk.min(axis=1)).astype(np.int64)
+    inverse = inverse.reshape(-1)
+    return index[inverse], dist[inverse]
+
+
+def check_exact(samples: np.ndarray, palette: np.ndarray, labels: np.ndarray) -> int:
+    """Assert labels are the exact nearest rows (ties lower); return the total squared error."""
+    want, dist = reference_labels(samples, palette)
+    np.testing.assert_array_equal(labels.reshape(-1), want)
+    return int(dist.sum())
+
+
+def upscale(img: Image.Image, megapixels: float) -> np.ndarray:
+    scale = (megapixels * 1e6 / (img.width * img.height)) ** 0.5
+    size = (round(img.width * scale), round(img.height * scale))
+    return np.asarray(img.resize(size, Image.Resampling.LANCZOS))
+
+
+# --- exactness and losslessness, both engines -----------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("k", [1, 2, 16, 256])
+def test_every_pixel_gets_its_nearest_colour(china, engine, k):
+    arr = np.asarray(china)[::2, ::2]
+    fit = fit_palette(arr, k, engine=engine)
+    pal = fit.palette
+    assert pal.dtype == np.uint8 and 1 <= pal.shape[0] <= k and pal.shape[1] == 3
+    assert [tuple(r) for r in pal.tolist()] == sorted(set(map(tuple, pal.tolist())))  # sorted, distinct
+    assert fit.sse == check_exact(arr, pal, fit.labels)
+    np.testing.assert_array_equal(label_pixels(arr, pal, engine=engine), fit.labels)
+    assert np.bincount(fit.labels.reshape(-1), minlength=len(pal)).min() > 0  # every entry used
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ties_go_to_the_lower_index(engine):
+    palette = np.array([[0, 0, 0], [2, 0, 0], [2, 2, 0], [0, 2, 0]], np.uint8)
+    pixels = np.array([[[1, 0, 0], [1, 1, 0], [2, 1, 0], [1, 2, 0], [0, 1, 0], [1, 1, 9]]], np.uint8)
+    labels = label_pixels(np.repeat(pixels, 3, axis=0), palette, engine=engine)
+    np.testing.assert_array_equal(labels[0], [0, 0, 1, 2, 0, 0])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_few_colours_are_kept_exactly(engine):
+    rng = np.random.default_rng(7)
+    colours = rng.integers(0, 256, (40, 3), dtype=np.uint8)
+    arr = colours[rng.integers(0, 40, (60, 70))]
+    for k in (40, 64, 256):
+        fit = fit_palette(arr, k, engine=engine)
+        np.testing.assert_array_equal(fit.palette, np.unique(colours, axis=0))
+        np.testing.assert_array_equal(fit.palette[fit.labels], arr)
+        assert fit.sse == 0
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "CMYK"])
+def test_other_channel_counts_are_exact_and_lossless(china, mode):
+    """C = 1, 2, 4: the general numpy path (alpha quantized with the colour for LA and RGBA)."""
+    img = china.crop((0, 0, 200, 150)).convert(mode)
+    arr = np.asarray(img).reshape(img.height, img.width, -1)
+    for k in (3, 64):
+        q = KMeansQuantizer(k).fit(arr)
+        labels = q.predict(arr)
+        assert q.centroids_.shape[1] == arr.shape[2] and len(q.centroids_) <= k
+        assert q.inertia_ == check_exact(arr, q.centroids_, labels)
+    few = arr[:5, :6]  # at most 30 colours
+    q = KMeansQuantizer(32).fit(few)
+    np.testing.assert_array_equal(q.reconstruct(q.predict(few)), few)
+
+
+def test_numba_engine_matches_numpy_when_lossless_and_both_exact(flower):
+    arr = np.asarray(flower)[::3, ::3]
+    a, b = (fit_palette(arr, 64, engine=e) for e in ENGINES)
+    for fit in (a, b):
+        assert fit.sse == check_exact(arr, fit.palette, fit.labels)
+    assert abs(a.sse - b.sse) < 0.05 * a.sse  # different polish, same quality
+
+
+def test_twelve_megapixels_take_the_numba_path_and_stay_exact(china):
+    arr = upscale(china, 12)
+    assert arr.shape[0] * arr.shape[1] >= kmeans_colour.NUMBA_MIN_PIXELS
+    q = KMeansQuantizer(256)
+    q._engine = "auto"
+    labels = q.fit(arr).predict(arr)
+    assert sys.modules.get("kquant_codec._rgb_kernels") is not None
+    assert q.inertia_ == check_exact(arr, q.centroids_, labels)
+    fresh = label_pixels(arr, q.centroids_)  # the numba labelling without the fit's labels
+    np.testing.assert_array_equal(fresh, labels)
+
+
+def test_no_pixels_by_k_distance_matrix():
+    """512k distinct colours, k = 256: a pixels x k float32 matrix alone would take 512 MB."""
+    rng = np.random.default_rng(3)
+    keys = rng.permutation(1 << 24)[: 1 << 19].astype(np.uint32)
+    arr = np.stack([keys >> 16, (keys >> 8) & 255, keys & 255], 1).astype(np.uint8).reshape(512, 1024, 3)
+    tracemalloc.start()
+    try:
+        fit = fit_palette(arr, 256, engine="numpy")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 2**20, peak / 2**20  # about 100 MB: distances in blocks of at most 8 MB
+    assert fit.sse == check_exact(arr, fit.palette, fit.labels)
+
+
+# --- the fit's labels reused by predict ------------------------------------------------------------
+
+
+def test_predict_after_fit_reuses_labels_only_for_the_unchanged_array(china):
+    arr = np.array(china)[::2, ::2]
+    q = KMeansQuantizer(16).fit(arr)
+    first = q.predict(arr)
+    np.testing.assert_array_equal(first, label_pixels(arr, q.centroids_))
+    np.testing.assert_array_equal(q.predict(arr), first)  # the kept labels are used once, then recomputed
+
+    q.fit(arr)
+    arr[:10, :10] = 255 - arr[:10, :10]  # changed in place after fit: the kept labels must not be used
+    np.testing.assert_array_equal(q.predict(arr), label_pixels(arr, q.centroids_))
+    q.fit(arr)
+    other = arr.copy()
+    np.testing.assert_array_equal(q.predict(other), label_pixels(other, q.centroids_))
+    back = pickle.loads(pickle.dumps(q.fit(arr)))
+    assert "_fitted_labels" not in back.__dict__
+    np.testing.assert_array_equal(back.predict(arr), q.predict(arr))
+
+
+def test_weighted_fit_still_works_with_zero_weights():
+    rng = np.random.default_rng(5)
+    palette = rng.integers(0, 256, (1, 50, 3), dtype=np.uint8)
+    counts = rng.integers(0, 5, (1, 50))
+    counts[0, :10] = 0
+    q = KMeansQuantizer(6).fit(palette, sample_weight=counts)
+    expanded = np.repeat(palette[0], counts[0], axis=0)[None]
+    labels = q.predict(expanded)
+    assert q.inertia_ == check_exact(expanded, q.centroids_, labels)
+    check_exact(palette, q.centroids_, q.predict(palette))  # zero-weight entries get their nearest too
+
+
+# --- threads, processes, fork, missing numba ------------------------------------------------------
+
+
+def test_numba_engine_from_many_threads(flower):
+    arr = np.asarray(flower)
+    crops = [np.ascontiguousarray(arr[i * 20 : i * 20 + 200]) for i in range(6)]
+
+    def work(a):
+        fit = fit_palette(a, 32, engine="numba")
+        return fit.palette.tobytes() + fit.labels.tobytes()
+
+    serial = [work(a) for a in crops]
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(work, crops)) == serial
+
+
+def _run(script: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env=full_env, timeout=300
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_numba_kernels_work_in_a_forked_child(flower):
+    out = _run(
+        """
+        import os, numpy as np
+        from sklearn.datasets import load_sample_image
+        from kquant_codec.kmeans_colour import fit_palette
+        arr = load_sample_image("flower.jpg")[::2, ::2]
+        parent = fit_palette(arr, 16, engine="numba").labels
+        pid = os.fork()
+        if pid == 0:
+            child = fit_palette(arr, 16, engine="numba").labels
+            os._exit(0 if np.array_equal(child, parent) else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0", out.stderr
+
+
+def test_without_numba_large_images_fall_back_to_numpy_with_one_warning():
+    out = _run(
+        """
+        import sys, warnings, hashlib
+        sys.modules["numba"] = None  # as if numba were not installed (or failed to import)
+        import numpy as np
+        from sklearn.datasets import load_sample_image
+        import kquant_codec
+        from kquant_codec import kmeans_colour, KMeansQuantizer
+        kmeans_colour.NUMBA_MIN_PIXELS = 0
+        arr = load_sample_image("china.jpg")[::2, ::2]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = KMeansQuantizer(16).fit(arr)
+            b = KMeansQuantizer(16).fit(arr)
+        ref = kmeans_colour.fit_palette(arr, 16, engine="numpy").palette
+        assert np.array_equal(a.centroids_, ref) and np.array_equal(b.centroids_, ref)
+        print(sum("numba is unusable" in str(w.message) for w in caught))
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+
+
+def test_import_does_not_load_numba_or_scikit_learn():
+    out = _run(
+        """
+        import sys
+        import kquant_codec
+        print(sorted(m for m in ("numba", "llvmlite", "sklearn", "scipy", "threadpoolctl") if m in sys.modules))
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# --- the encoder uses the fit's palette and labels ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [("RGB", {"k": 16}), ("RGBA", {"k": 8}), ("RGBA", {"k": 8, "alpha": "quantize"}), ("LA", {"k": 5}),
+     ("L", {"k": 4}), ("CMYK", {"k": 12}), ("YCbCr", {"k": 7}), ("RGB", {"mode": "rgb"})],
+)  # fmt: skip
+def test_encoder_reuses_the_fit_and_writes_what_the_filter_makes(china, mode, options):
+    from kquant_codec import encoder
+
+    img = china.crop((100, 100, 260, 220)).convert(mode)
+    if mode in ("RGBA", "LA"):
+        img.putalpha(Image.fromarray(np.asarray(img.convert("L"))[::-1].copy()))
+    data = encoder.encode_image(img, **options, fallback=False)
+    want = img.filter(KMeansQuantize(options.get("k", 256), alpha=options.get("alpha", "keep")))
+    back = Image.open(io.BytesIO(data))
+    assert back.mode == want.mode and back.tobytes() == want.tobytes()
+    # byte for byte what the slower path (recounting the quantized image's colours) writes
+    fitted = kq.fit_image(img, options.get("k", 256), alpha=options.get("alpha", "keep"))
+    quick = encoder._layouts(fitted.to_image(), "rgb", options.get("alpha", "keep"), fitted)
+    slow = encoder._layouts(fitted.to_image(), "rgb", options.get("alpha", "keep"))
+    assert len(quick) == len(slow) == 1
+    for field in ("quant_mode", "alpha", "channels", "table_sizes", "tables"):
+        assert getattr(quick[0], field) == getattr(slow[0], field), field
+    np.testing.assert_array_equal(quick[0].labels, slow[0].labels)
+    if slow[0].alpha_plane is None:
+        assert quick[0].alpha_plane is None
+    else:
+        np.testing.assert_array_equal(quick[0].alpha_plane, slow[0].alpha_plane)
