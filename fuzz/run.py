@@ -65,7 +65,9 @@ def _atheris(args: argparse.Namespace, findings: Path) -> tuple[int, float, list
     seconds = time.monotonic() - start
     if code != 0 and not executions:
         sys.stderr.write("".join(log[-40:]))
-    if code != 0:  # libFuzzer stops at a crash, timeout or out-of-memory, and saves the input
+    if code == 72:  # libFuzzer's exit status when interrupted (SIGINT/SIGTERM): the figures above still hold
+        print("campaign interrupted", flush=True)
+    elif code != 0:  # libFuzzer stops at a crash, timeout or out-of-memory, and saves the input
         keys.append(f"libFuzzer stopped with exit status {code} (crash, timeout or out-of-memory)")
     return executions, seconds, keys
 
