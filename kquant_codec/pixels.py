@@ -51,9 +51,26 @@ class SplitImage:
     mode: str
 
 
+_STRIP_PIXELS = 1 << 20  # pixels per strip when copying a large image out of Pillow
+
+
 def _array(img: Image.Image) -> np.ndarray:
-    arr = np.asarray(img)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    """The image's samples as a (H, W, bands) uint8 array.
+
+    ``np.asarray(img)`` goes through ``img.tobytes()``, which joins the encoder's chunks into one bytes
+    object and so briefly holds the pixels twice; a large image is copied in strips of rows instead, which
+    keeps the transient to one strip (72 MB less at peak for a 24-megapixel RGB image).
+    """
+    width, height = img.size
+    if width * height <= 4 * _STRIP_PIXELS:
+        arr = np.asarray(img)
+        return arr[:, :, None] if arr.ndim == 2 else arr
+    rows = max(1, _STRIP_PIXELS // width)
+    out = np.empty((height, width, len(img.getbands())), dtype=np.uint8)
+    for top in range(0, height, rows):
+        strip = np.asarray(img.crop((0, top, width, min(height, top + rows))))
+        out[top : top + rows] = strip[:, :, None] if strip.ndim == 2 else strip
+    return out
 
 
 def split_image(img: Image.Image, alpha: str = "keep") -> SplitImage:

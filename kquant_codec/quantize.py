@@ -38,7 +38,20 @@ class QuantizedImage:
 
     def to_image(self) -> Image.Image:
         """The quantized image, in the source's mode and size."""
-        return join_image(self.quantizer.reconstruct(self.labels), self.alpha, self.mode)
+        q = self.quantizer
+        if q.mode_ == "rgb" and q.n_channels_ == 3 and self.mode in ("RGB", "RGBA") and self.labels.size:
+            # Through a palette image that shares the labels' memory: Pillow expands it straight into the
+            # result, without the (H, W, 3) array and its bytes copy that join_image needs (at 24 MP, 144 MB
+            # less at peak, and faster).
+            height, width = self.labels.shape
+            index = Image.frombuffer("P", (width, height), np.ascontiguousarray(self.labels), "raw", "P", 0, 1)
+            index.putpalette(np.ascontiguousarray(q.centroids_).tobytes(), "RGB")
+            out = index.convert("RGB")
+            if self.alpha is not None:
+                alpha = np.ascontiguousarray(self.alpha)
+                out.putalpha(Image.frombuffer("L", (width, height), alpha, "raw", "L", 0, 1))
+            return out
+        return join_image(q.reconstruct(self.labels), self.alpha, self.mode)
 
 
 def fit_image(img: Image.Image, k: int = 8, mode: str = "rgb", *, seed: int = 0, alpha: str = "keep") -> QuantizedImage:
@@ -60,4 +73,12 @@ def quantize_image(
     img: Image.Image, k: int = 8, mode: str = "rgb", *, seed: int = 0, alpha: str = "keep"
 ) -> Image.Image:
     """Return ``img`` redrawn from at most ``k`` learned centroids, in its own mode and size."""
-    return fit_image(img, k, mode, seed=seed, alpha=alpha).to_image()
+    if mode == "rgb":
+        return fit_image(img, k, mode, seed=seed, alpha=alpha).to_image()
+    check_k(k)
+    check_mode(mode)
+    check_alpha(alpha)
+    img.load()
+    parts = split_image(img, alpha=alpha)  # 1-D modes: no labels needed, transform maps values directly
+    quantizer = KMeansQuantizer(k=k, mode=mode, seed=seed).fit(parts.colour)
+    return join_image(quantizer.transform(parts.colour), parts.alpha, parts.mode)

@@ -68,6 +68,20 @@ def _fingerprint(arr: np.ndarray) -> tuple:
     return arr.__array_interface__["data"][0], arr.shape, arr.strides, digest
 
 
+def _histogram(arr: np.ndarray, channel: int | slice) -> np.ndarray:
+    """Counts (256,) int64 of the values of ``arr[:, :, channel]`` ((H, W, C) uint8 samples).
+
+    Counted in blocks of rows: ``np.bincount`` widens its input to 8-byte integers, so one call on a
+    whole large image would allocate 8 bytes per sample and work out of cache (about 2x slower).
+    """
+    height, width, channels = arr.shape
+    rows = max(1, (1 << 18) // max(1, width * channels))
+    hist = np.zeros(256, dtype=np.int64)
+    for top in range(0, height, rows):
+        hist += np.bincount(arr[top : top + rows, :, channel].reshape(-1), minlength=256)
+    return hist
+
+
 class KMeansQuantizer:
     """Learn at most ``k`` uint8 centroids from an image's samples and map samples to label indices.
 
@@ -157,9 +171,11 @@ class KMeansQuantizer:
             groups = range(channels) if per_channel else [slice(None)]
             tables, inertia = [], 0
             for g in groups:
-                values = arr[:, :, g].reshape(-1)
-                w = weights if (per_channel or weights is None) else np.repeat(weights, channels)
-                hist = np.bincount(values, weights=w, minlength=256).astype(np.int64)
+                if weights is None:
+                    hist = _histogram(arr, g)
+                else:
+                    w = weights if per_channel else np.repeat(weights, channels)
+                    hist = np.bincount(arr[:, :, g].reshape(-1), weights=w, minlength=256).astype(np.int64)
                 table = optimal_levels(hist, k)
                 if table.size:
                     err = (np.arange(256) - table[nearest_level_lut(table)].astype(np.int64)) ** 2
@@ -189,10 +205,13 @@ class KMeansQuantizer:
             if cached is not None and cached[0] == _fingerprint(arr):
                 return cached[1]
             return label_pixels(arr, self.centroids_, engine=self._engine)
-        tables = self.centroids_ if self.mode_ == "channel" else (self.centroids_,) * channels
+        if not arr.size:
+            return np.zeros_like(arr)
+        if self.mode_ == "global":  # one table: one gather over all samples
+            return np.take(nearest_level_lut(self.centroids_), arr)
         labels = np.empty_like(arr)
         for c in range(channels):
-            labels[:, :, c] = nearest_level_lut(tables[c])[arr[:, :, c]] if arr.size else 0
+            labels[:, :, c] = np.take(nearest_level_lut(self.centroids_[c]), arr[:, :, c])
         return labels
 
     def reconstruct(self, labels: np.ndarray) -> np.ndarray:
@@ -204,7 +223,20 @@ class KMeansQuantizer:
     def transform(self, samples: Any) -> np.ndarray:
         """Quantize: the samples replaced by their nearest centroids, same shape, uint8."""
         arr = _as_samples(samples)
-        out = self.reconstruct(self.predict(arr))
+        if self.mode_ != "rgb" and arr.size:
+            # 1-D modes: the centroid of each value through one table (centroid of the nearest level), so
+            # one gather per channel instead of predict's and reconstruct's two.
+            self._check_fitted(arr)
+            tables = self.centroids_ if self.mode_ == "channel" else (self.centroids_,) * arr.shape[2]
+            value_maps = [np.asarray(t, dtype=np.uint8)[nearest_level_lut(t)] for t in tables]
+            if self.mode_ == "global":
+                out = np.take(value_maps[0], arr)
+            else:
+                out = np.empty_like(arr)
+                for c, value_map in enumerate(value_maps):
+                    out[:, :, c] = np.take(value_map, arr[:, :, c])
+        else:
+            out = self.reconstruct(self.predict(arr))
         return out.reshape(np.shape(samples))
 
     def fit_transform(self, samples: Any) -> np.ndarray:
@@ -232,13 +264,17 @@ def lookup(mode: str, centroids: Any, labels: np.ndarray) -> np.ndarray:
         if labels.size and int(labels.max()) >= table.shape[0]:
             raise ValueError(f"label {int(labels.max())} points past the {table.shape[0]}-entry centroid table")
         return table[labels]
+    if mode == "global":  # one table: one check and one gather over all samples
+        table = np.asarray(centroids, dtype=np.uint8)
+        if labels.size and int(labels.max()) >= table.shape[0]:
+            raise ValueError(f"label {int(labels.max())} points past the {table.shape[0]}-entry table")
+        return np.take(table, labels)
     channels = labels.shape[2]
-    tables = centroids if mode == "channel" else (centroids,) * channels
     out = np.empty(labels.shape, dtype=np.uint8)
     for c in range(channels):
-        table = np.asarray(tables[c], dtype=np.uint8)
+        table = np.asarray(centroids[c], dtype=np.uint8)
         plane = labels[:, :, c]
         if plane.size and int(plane.max()) >= table.shape[0]:
             raise ValueError(f"label {int(plane.max())} points past the {table.shape[0]}-entry table of channel {c}")
-        out[:, :, c] = table[plane]
+        out[:, :, c] = np.take(table, plane)
     return out
