@@ -20,3 +20,8 @@ FUZZ_RUNS ?= -1
 .PHONY: fuzz
 fuzz:
 	.venv/bin/python fuzz/run.py --seconds $(FUZZ_SECONDS) --runs $(FUZZ_RUNS)
+
+# Issue 4: .kq vs PNG / oxipng / WebP lossless / JPEG XL on the sample photos and gradients (pip install -e ".[bench]").
+.PHONY: bench-compression
+bench-compression:
+	.venv/bin/python benchmarks/compression.py

@@ -40,6 +40,7 @@ __all__ = [
     "CODEC_STORED",
     "CODEC_ZLIB",
     "CODEC_LZMA2",
+    "CODEC_CONTEXT",
     "CODEC_NAMES",
     "header_length",
     "unpack_header",
@@ -55,6 +56,9 @@ __all__ = [
     "labels_to_stream",
     "stream_to_labels",
     "lzma2_dict_size",
+    "plane_keys",
+    "labels_to_context_stream",
+    "context_stream_to_labels",
 ]
 
 
@@ -102,8 +106,9 @@ _PAYLOADS = ("native", "png")  # codes 0, 1
 CODEC_STORED = 0
 CODEC_ZLIB = 1
 CODEC_LZMA2 = 2
-CODEC_NAMES = {CODEC_STORED: "stored", CODEC_ZLIB: "zlib", CODEC_LZMA2: "lzma2"}
-_RESERVED_CODECS = {3: "reserved for the context-modelling coder of a later revision"}
+CODEC_CONTEXT = 3  # label streams only: the context-modelling coder (``label_coder``, spec section 16)
+CODEC_NAMES = {CODEC_STORED: "stored", CODEC_ZLIB: "zlib", CODEC_LZMA2: "lzma2", CODEC_CONTEXT: "context"}
+_RESERVED_CODECS: dict[int, str] = {}
 
 _LZMA_MAX_DICT = 1 << 26
 
@@ -325,6 +330,10 @@ def _check_fields(h: KqHeader) -> None:
         raise _fail(f"invalid packing flag {h.packed!r}")
     _check_codec(h.label_codec, "label stream")
     _check_codec(h.alpha_codec, "alpha stream")
+    if h.alpha_codec == CODEC_CONTEXT:
+        raise _fail("codec 3 (context) codes label planes only, not the alpha stream")
+    if h.label_codec == CODEC_CONTEXT and h.packed:
+        raise _fail("a label stream with codec 3 (context) must have packing 0")
     used = 1 if h.quant_mode in ("rgb", "global") else h.channels
     if len(sizes) > 4 or any(not 1 <= s <= 256 for s in sizes[:used]) or any(sizes[used:]) or len(sizes) < used:
         raise _fail(f"invalid table sizes {sizes} for {h.quant_mode} mode with {h.channels} channel(s)")
@@ -492,8 +501,11 @@ def decode_payload(header: KqHeader, payload: bytes) -> tuple[np.ndarray, np.nda
     if header.payload != "native":
         raise ValueError("decode_payload needs a native payload")
     label_stream, alpha_stream = split_payload(header, payload)
-    raw = decompress(label_stream, header.label_codec, header.label_raw_length, "label stream")
-    labels = stream_to_labels(raw, header)
+    if header.label_codec == CODEC_CONTEXT:
+        labels = context_stream_to_labels(label_stream, header)
+    else:
+        raw = decompress(label_stream, header.label_codec, header.label_raw_length, "label stream")
+        labels = stream_to_labels(raw, header)
     alpha = None
     if header.alpha == "plane":
         araw = decompress(alpha_stream, header.alpha_codec, header.alpha_raw_length, "alpha stream")
@@ -559,6 +571,8 @@ def decompress(data: bytes, codec: int, size: int, what: str = "stream") -> byte
                 if d.decompress(b"", 1):
                     raise _fail(f"{what} inflates beyond the {size} bytes the header declares")
             leftover = d.unused_data
+        elif codec == CODEC_CONTEXT:
+            raise _fail(f"{what}: codec 3 (context) decodes label planes with the header (decode_payload)")
         else:
             _check_codec(codec, what)
             raise AssertionError("unreachable")
@@ -648,4 +662,53 @@ def stream_to_labels(raw: bytes, header: KqHeader) -> np.ndarray:
         planes.append(plane)
     if header.quant_mode == "rgb":
         return np.array(planes[0], dtype=np.uint8)
+    return np.stack(planes, axis=2)
+
+
+# -- codec 3: the context-modelling label coder ------------------------------------------------------
+
+
+def plane_keys(header: KqHeader) -> list[np.ndarray]:
+    """For each label plane, the (m, C) uint8 key table codec 3 ranks escapes by (spec section 16.3).
+
+    rgb: the centroid rows; global: the shared levels (C = 1) for every plane; channel: table c.
+    """
+    centroids = header.centroids
+    if header.quant_mode == "rgb":
+        return [centroids]
+    if header.quant_mode == "global":
+        return [centroids[:, None]] * header.channels
+    return [t[:, None] for t in centroids]
+
+
+def labels_to_context_stream(labels: np.ndarray, header: KqHeader, use_ref: bool = True) -> bytes:
+    """Labels (quantizer layout) -> a codec-3 label stream. Imports numba (``label_coder``) on first use.
+
+    use_ref : code planes 1.. of global/channel layouts with the previous plane as reference.
+    """
+    from . import label_coder
+
+    labels = np.asarray(labels, dtype=np.uint8)
+    planes = [labels] if labels.ndim == 2 else [labels[:, :, c] for c in range(labels.shape[2])]
+    return label_coder.encode_label_planes(planes, plane_keys(header), use_ref)
+
+
+def context_stream_to_labels(stream: bytes, header: KqHeader) -> np.ndarray:
+    """A codec-3 label stream -> labels in quantizer layout. Raises ``KqFormatError`` for any corrupt stream.
+
+    The decoder allocates the (H, W) planes the header declares (already checked against the reader's
+    pixel limit) and refuses streams too short to describe them before decoding.
+    """
+    from . import label_coder
+
+    try:
+        planes = label_coder.decode_label_planes(stream, header.height, header.width, plane_keys(header))
+    except ValueError as exc:
+        raise _fail(f"label stream is corrupt (context coder: {exc})") from exc
+    for index, (plane, m) in enumerate(zip(planes, header.plane_tables, strict=True)):
+        top = int(plane.max())
+        if top >= m:  # cannot happen for a conforming decoder; kept as the container's own guarantee
+            raise _fail(f"label {top} in plane {index} points past its {m}-entry centroid table")
+    if header.quant_mode == "rgb":
+        return planes[0]
     return np.stack(planes, axis=2)

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .container import (
+    CODEC_CONTEXT,
     CODEC_LZMA2,
     CODEC_STORED,
     CODEC_ZLIB,
@@ -35,6 +36,7 @@ from .container import (
     QUANT_MODES,
     KqHeader,
     compress,
+    labels_to_context_stream,
     labels_to_stream,
     pack_file,
     plane_depth,
@@ -48,6 +50,10 @@ __all__ = ["encode_image", "SAVE_OPTIONS"]
 
 SAVE_OPTIONS = ("k", "mode", "quant_mode", "seed", "alpha", "fallback")
 _CODECS = (CODEC_STORED, CODEC_ZLIB, CODEC_LZMA2)
+# Above this many bytes of unpacked labels, zlib and LZMA2 are not tried next to codec 3: LZMA2 preset 9e
+# costs about 1 s per 2 MB here and codec 3 beat both on every photo and gradient measured
+# (benchmarks/compression.py). Below it, all codecs compete and the smallest wins.
+_SLOW_CODECS_MAX_BYTES = 1 << 20
 
 
 def _check_options(k: Any, mode: Any, seed: Any, alpha: Any, fallback: Any) -> None:
@@ -315,10 +321,14 @@ def _native_candidates(
     alpha_streams: dict[int, tuple[int, bytes]] = {}
     for layout, streams in _shortlist(img, _layouts(img, quant_pref, alpha_pref, fitted)):
         narrow = max(layout.table_sizes) <= 16
-        best_labels = None
+        context = labels_to_context_stream(layout.labels, _header_for(img, layout))
+        best_labels = (False, CODEC_CONTEXT, context)
         for packed, raw in streams.items():
-            codec, stream = _best_stream(raw, narrow)
-            if best_labels is None or len(stream) < len(best_labels[2]):
+            if len(streams[False]) > _SLOW_CODECS_MAX_BYTES:
+                codec, stream = CODEC_STORED, raw
+            else:
+                codec, stream = _best_stream(raw, narrow)
+            if len(stream) < len(best_labels[2]):  # ties: codec 3, then the first found
                 best_labels = (packed, codec, stream)
         packed, codec, stream = best_labels
         alpha_codec, alpha_stream = CODEC_STORED, b""

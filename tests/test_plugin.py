@@ -270,7 +270,7 @@ def test_kq_info_reports_header_facts(tmp_path, china_small):
     assert (info.width, info.height, info.image_mode, info.quant_mode) == (96, 64, "RGB", "rgb")
     assert info.payload == "native" and info.table_sizes == (16,) and info.k == 16
     assert info.file_bytes == path.stat().st_size == info.header_bytes + info.payload_bytes
-    assert info.codec in ("stored", "zlib", "lzma2")
+    assert info.codec in ("stored", "zlib", "lzma2", "context")
     with open(path, "rb") as fp:
         assert kq.kq_info(fp) == info
 
