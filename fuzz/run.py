@@ -54,7 +54,7 @@ def _atheris(args: argparse.Namespace, findings: Path) -> tuple[int, float, list
         log.append(line)
         if line.startswith("FINDING"):
             keys.append(line.split(": ", 1)[0].removeprefix("FINDING "))
-        if line.startswith("FINDING") or "ERROR:" in line or line.startswith("Done "):
+        if line.startswith(("FINDING", "Done ", "stat::")) or "ERROR:" in line:
             print(line.rstrip(), flush=True)
         elif args.verbose or re.match(r"#\d+\s+(pulse|DONE|INITED)", line):
             print(line.rstrip(), flush=True)
