@@ -34,12 +34,13 @@ import traceback
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, UnidentifiedImageError
 
 import kquant_codec
 from kquant_codec import KqFormatError
+from kquant_codec.container import CODEC_CONTEXT
 from kquant_codec.encoder import encode_image
 
 __all__ = [
@@ -290,8 +291,8 @@ _FIELDS = [
     (15, "B", (0, 1)),  # reserved
     (16, "I", (0, 1, 2, 3, 7, 8, 9, 255, 256, 4096, 65536, 1 << 24, (1 << 24) + 1, 1 << 31, 0xFFFFFFFF)),  # width
     (20, "I", (0, 1, 2, 3, 7, 8, 9, 255, 256, 4096, 65536, 1 << 24, (1 << 24) + 1, 1 << 31, 0xFFFFFFFF)),  # height
-    (24, "B", (0, 1, 2, 3, 4, 255)),  # label codec
-    (25, "B", (0, 1, 2, 3, 255)),  # alpha codec
+    (24, "B", (0, 1, 2, 3, 4, 255)),  # label codec (3: the context coder)
+    (25, "B", (0, 1, 2, 3, 4, 255)),  # alpha codec
     (26, "H", (0, 1)),  # reserved
     (28, "I", (0, 1, 2, 7, 8, 64, 65536, 0x7FFFFFFF, 0xFFFFFFFF)),  # label_length
     (32, "I", (0, 1, 2, 64, 65536, 0xFFFFFFFF)),  # alpha_length
@@ -393,29 +394,64 @@ class Mutator:
             return self._png(data, header, body)
         index = self.rng.randrange(len(streams))
         stored, codec, raw_len, codec_at, length_at = streams[index]
-        try:
-            raw = bytearray(kquant_codec.container.decompress(stored, codec, raw_len))
-        except Exception:  # noqa: BLE001
-            return None
-        if raw and self.rng.random() < 0.8:
-            for _ in range(self.rng.choice((1, 1, 2, 8))):
-                raw[self.rng.randrange(len(raw))] = self.rng.randrange(256)
+        packed = header.packed
+        if codec == CODEC_CONTEXT:  # codec 3 has no byte stream to inflate: edit its coded bytes directly
+            new, new_codec = self._context_bytes(bytearray(stored)), CODEC_CONTEXT
         else:
-            self._bytes(raw)
-        new_codec = self.rng.choice((0, 1, 2, codec, codec))
-        if new_codec == 1:
-            new = zlib.compress(bytes(raw), self.rng.choice((0, 1, 9)))
-        elif new_codec == 2:
-            filters = [{"id": lzma.FILTER_LZMA2, "dict_size": kquant_codec.container.lzma2_dict_size(raw_len)}]
-            new = lzma.compress(bytes(raw), format=lzma.FORMAT_RAW, filters=filters)
-        else:
-            new = bytes(raw)
+            try:
+                raw = bytearray(kquant_codec.container.decompress(stored, codec, raw_len))
+            except Exception:  # noqa: BLE001
+                return None
+            if raw and self.rng.random() < 0.8:
+                for _ in range(self.rng.choice((1, 1, 2, 8))):
+                    raw[self.rng.randrange(len(raw))] = self.rng.randrange(256)
+            else:
+                self._bytes(raw)
+            new_codec = self.rng.choice((0, 1, 2, codec, codec) + ((CODEC_CONTEXT,) if index == 0 else ()))
+            if new_codec == 1:
+                new = zlib.compress(bytes(raw), self.rng.choice((0, 1, 9)))
+            elif new_codec == 2:
+                filters = [{"id": lzma.FILTER_LZMA2, "dict_size": kquant_codec.container.lzma2_dict_size(raw_len)}]
+                new = lzma.compress(bytes(raw), format=lzma.FORMAT_RAW, filters=filters)
+            elif new_codec == CODEC_CONTEXT:  # the edited labels, coded by the context coder (packing 0)
+                try:
+                    labels = kquant_codec.container.stream_to_labels(bytes(raw), header)
+                    unpacked = replace(header, packed=False)
+                    new = kquant_codec.container.labels_to_context_stream(labels, unpacked, self.rng.random() < 0.7)
+                except Exception:  # noqa: BLE001 - labels past their table, a short stream: no codec-3 version
+                    return None
+                packed = False
+            else:
+                new = bytes(raw)
         parts = [s[0] for s in streams]
         parts[index] = new
         out = bytearray(data[:start]) + b"".join(parts) + bytes(4)
         out[codec_at] = new_codec
+        out[14] = int(packed)
         struct.pack_into("<I", out, length_at, len(new))
         return bytes(out)
+
+    def _context_bytes(self, stream: bytearray) -> bytes:
+        """An edit of a codec-3 label stream: its plane/stripe header fields, its rANS words, or any bytes."""
+        r = self.rng
+        op = r.randrange(5)
+        if op == 0 and len(stream) >= 4:  # the first plane's version, flags or stripe height
+            stream[r.randrange(3)] = r.choice((0, 1, 2, 3, 4, 0x7F, 0x80, 0xFF))
+        elif op == 1 and len(stream) >= 8:  # a rANS word near the end (the final state) or anywhere
+            i = r.choice((len(stream) - 2, len(stream) - 4, r.randrange(len(stream) - 1)))
+            stream[i : i + 2] = r.randrange(1 << 16).to_bytes(2, "little")
+        elif op == 2:  # a varint: a stripe length or plane length, set large or small
+            i = r.randrange(max(1, min(len(stream), 12)))
+            stream[i : i + 1] = r.choice((b"\x00", b"\x01", b"\x7f", b"\xff\x7f", b"\xff\xff\xff\x7f"))
+        elif op == 3 and len(stream) > 4:  # drop or add one 16-bit word
+            i = r.randrange(3, len(stream) - 1)
+            if r.random() < 0.5:
+                del stream[i : i + 2]
+            else:
+                stream[i:i] = r.randrange(1 << 16).to_bytes(2, "little")
+        else:
+            self._bytes(stream)
+        return bytes(stream)
 
     def _png(self, data: bytes, header: object, png: bytes) -> bytes | None:
         """Edit one chunk of a PNG payload (IDAT: its inflated scanlines) and fix the chunk CRC."""

@@ -3,7 +3,8 @@
     .venv/bin/python fuzz/make_corpus.py [--out fuzz/corpus]
 
 Every native image mode with every quantization mode it allows, every alpha kind (none, plane, table),
-both packings, all three stream codecs (stored, zlib, lzma2) for the label and the alpha stream, and a PNG
+both packings, the stream codecs (stored, zlib, lzma2) for the label and the alpha stream, the context coder
+(codec 3) for label streams of every quantization mode (several stripes, row copies, reference planes), and a PNG
 payload for every PNG mode (grey, grey+alpha, palette with and without transparency, truecolour with and
 without alpha, indexed PNGs for L/LA/RGB/RGBA, bilevel, 16-bit grey). Odd widths, so packed rows have
 padding bits. The files are built from the container functions directly (not left to the encoder's
@@ -28,7 +29,7 @@ from kquant_codec import container as c
 from kquant_codec.encoder import encode_image
 from kquant_codec.pixels import as_palette_image
 
-CODECS = {c.CODEC_STORED: "stored", c.CODEC_ZLIB: "zlib", c.CODEC_LZMA2: "lzma2"}
+CODECS = {c.CODEC_STORED: "stored", c.CODEC_ZLIB: "zlib", c.CODEC_LZMA2: "lzma2"}  # codec 3: _context
 NATIVE_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")
 ALPHA_KINDS = {"LA": ("plane", "table"), "RGBA": ("plane", "table"), "P": ("none", "table")}
 
@@ -63,6 +64,22 @@ def _rebuild(data: bytes, packed: bool, codec: int, alpha_codec: int) -> bytes:
         label_codec=codec,
         label_length=len(labels),
         alpha_codec=alpha_codec if kq.alpha is not None else 0,
+        alpha_length=len(alpha),
+    )
+    return c.pack_file(header, labels, alpha)
+
+
+def _context(data: bytes, use_ref: bool = True) -> bytes:
+    """The same image and layout with its label stream coded by codec 3 (the context coder, spec section 16)."""
+    kq = kquant_codec.read_kq(data)
+    header = replace(kq.header, packed=False)
+    labels = c.labels_to_context_stream(kq.labels, header, use_ref=use_ref)
+    alpha = b"" if kq.alpha is None else c.compress(np.ascontiguousarray(kq.alpha).tobytes(), c.CODEC_ZLIB)
+    header = replace(
+        header,
+        label_codec=c.CODEC_CONTEXT,
+        label_length=len(labels),
+        alpha_codec=c.CODEC_ZLIB if kq.alpha is not None else 0,
         alpha_length=len(alpha),
     )
     return c.pack_file(header, labels, alpha)
@@ -122,6 +139,42 @@ def corpus() -> dict[str, bytes]:
         data = _rebuild(base, packed, codec, alpha_codec)
         assert _same(kquant_codec.read_kq(data).to_image(), img)
         files[f"matrix-RGBA-{'packed' if packed else 'bytes'}-{CODECS[codec]}-a{CODECS[alpha_codec]}"] = data
+    # Codec 3 (context coder): every quantization mode, table sizes from 1 to 256, with and without reference
+    # planes, an alpha plane beside it, several stripes, and rows that repeat (row copies).
+    context_cases = [
+        ("RGB", "rgb", "none", 20, (9, 4)),
+        ("RGB", "global", "none", 5, (7, 5)),
+        ("RGB", "channel", "none", 3, (7, 5)),
+        ("RGBA", "rgb", "plane", 4, (11, 3)),
+        ("LA", "channel", "table", 6, (5, 6)),
+        ("L", "rgb", "none", 1, (6, 2)),
+        ("P", "rgb", "none", 2, (13, 2)),
+        ("CMYK", "global", "none", 256, (16, 16)),
+    ]
+    for mode, quant, alpha, colours, (width, height) in context_cases:
+        seed += 1
+        img = _image(mode, width, height, colours, seed)
+        if mode == "P":
+            base = encode_image(img, fallback=False)
+        else:
+            base = encode_image(img, mode=quant, alpha="keep" if alpha == "plane" else "quantize")
+        for use_ref in (True, False) if quant != "rgb" else (True,):
+            data = _context(base, use_ref)
+            assert _same(kquant_codec.read_kq(data).to_image(), img), (mode, quant, alpha)
+            suffix = "" if quant == "rgb" else ("-ref" if use_ref else "-noref")
+            files[f"context-{mode}-{quant}-{alpha}-{colours}c{suffix}"] = data
+    stripes = np.repeat(np.arange(40, dtype=np.uint8).reshape(40, 1) % 7, 12, axis=1)  # rows repeat: copies
+    base = encode_image(Image.fromarray(stripes * 30), mode="rgb")
+    kq = kquant_codec.read_kq(base)
+    header = replace(kq.header, packed=False, label_codec=c.CODEC_CONTEXT)
+    planes = c.plane_keys(header)
+    from kquant_codec import label_coder
+
+    stream = label_coder.encode_plane(kq.labels, len(planes[0]), planes[0], None, stripe_rows=9)  # 5 stripes
+    data = c.pack_file(replace(header, label_length=len(stream)), stream)
+    assert _same(kquant_codec.read_kq(data).to_image(), Image.fromarray(stripes * 30))
+    files["context-L-stripes-and-row-copies"] = data
+
     # PNG payloads: every PNG mode, plain and (where the encoder would use one) indexed.
     for mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
         seed += 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def _atheris(args: argparse.Namespace, findings: Path) -> tuple[int, float, list
         options.append(f"-seed={args.seed}")
     command = [sys.executable, str(HERE / "fuzz_decoder.py"), *options, str(work), str(HERE / "corpus")]
     print("$", " ".join(command), flush=True)
-    env = {**__import__("os").environ, "KQ_FUZZ_FINDINGS": str(findings)}
+    env = {**os.environ, "KQ_FUZZ_FINDINGS": str(findings)}
     start = time.monotonic()
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     executions = 0
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         engine = "atheris" if importlib.util.find_spec("atheris") else "mutator"
     if engine == "mutator":
         print("atheris is not installed: using the seeded mutator of fuzz/contract.py (no coverage guidance)")
+    # Codec 3's numba kernels with bounds checks (an out-of-bounds access becomes an IndexError, a finding);
+    # cached kernels ignore the setting, hence a cache of their own. The atheris target sets the same.
+    os.environ["NUMBA_BOUNDSCHECK"] = "1"
+    os.environ["NUMBA_CACHE_DIR"] = str(HERE / "work" / "numba-boundscheck")
     args.findings.mkdir(parents=True, exist_ok=True)
     before = set(args.findings.glob("*"))
     executions, seconds, keys = (_atheris if engine == "atheris" else _mutator)(args, args.findings)
