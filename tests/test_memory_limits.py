@@ -1,14 +1,15 @@
 """Bounded memory: hostile files are decoded in a child process under a hard address-space limit.
 
-Each child imports the package and decodes a small valid file (so lazy imports and first-use allocations
-are done). It then resets its peak-RSS mark (``/proc/self/clear_refs``, so ``VmHWM`` becomes this decode's
-peak; ``resource.getrusage`` is reported too, but it also counts the parent's memory at fork), caps its
-own address space with ``resource.setrlimit(RLIMIT_AS)`` at its current size plus ``BUDGET_MB``, and
-decodes the hostile file through ``read_kq`` or ``Image.open`` + ``load()``. Inflating any of the bombs
-below would need gigabytes, so it would fail with ``MemoryError`` (a contract breach); instead each must be
-refused with the documented error (or, for the PNG IDAT bomb, decoded: Pillow stops inflating once the
-image is full), and the growth of peak RSS must stay within a small constant times what the header
-justifies.
+Each child imports the package and decodes small valid files of the same kinds (so lazy imports, numba's
+compiled kernels for codec 3, and first-use allocations are done). It then resets its peak-RSS mark
+(``/proc/self/clear_refs``, so ``VmHWM`` becomes this decode's peak; ``resource.getrusage`` is reported
+too, but it also counts the parent's memory at fork), caps its own address space with
+``resource.setrlimit(RLIMIT_AS)`` at its current size plus ``BUDGET_MB``, and decodes the hostile file
+through ``read_kq`` or ``Image.open`` + ``load()``. Inflating any of the bombs below would need gigabytes,
+so it would fail with ``MemoryError`` (a contract breach); instead each must be refused with the documented
+error (or, for the PNG IDAT bomb, decoded: Pillow stops inflating once the image is full), and the growth
+of peak RSS must stay within a small constant times what the header justifies. Codec 3 (the context coder)
+has no stored-length floor: 112 bytes may truly hold a 16-megapixel image, so only its memory is bounded.
 
 Run with ``-s`` to see the table of peak memory per input.
 """
@@ -23,6 +24,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fuzz.hostile import (
@@ -37,13 +39,14 @@ from fuzz.hostile import (
     zlib_zeros,
 )
 from kquant_codec import container as c
+from kquant_codec import label_coder
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
 
 BUDGET_MB = 384  # address space the child may add after its warm-up: "a few hundred MB"
 
 CHILD = r"""
-import gc, io, json, os, resource, sys, warnings
+import gc, json, os, resource, sys, warnings
 from PIL import Image
 import kquant_codec
 
@@ -61,7 +64,8 @@ def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
-decode(io.BytesIO(kquant_codec.encode_image(Image.linear_gradient("L").resize((64, 64)))))
+for warm in sys.argv[4:]:  # small valid files of the same kind (codec 3: loads numba and its kernels)
+    decode(warm)
 gc.collect()
 # ru_maxrss also counts the parent's memory at fork (Linux keeps the pre-exec peak), so the peak of this
 # decode is read from VmHWM after resetting it to the current RSS (Linux >= 4.0), with getrusage as well.
@@ -156,6 +160,12 @@ def _cases() -> dict[str, tuple[bytes, int, float, str]]:
     second_ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 6, 0, 0, 0))
     rgba = png_stream(8, 8, zlib.compress(bytes(8 * 33)), colour_type=6, extra=second_ihdr)
     cases["PNG second IHDR 12000x12000, 8x8"] = (png_payload("RGBA", 8, 8, rgba), 64, 0, "KqFormatError")
+    # Codec 3 (context coder): a 112-byte file that really is a 4096x4096 image (one label, every row a copy),
+    # and the same stream cut short: the decoder may fill the declared planes, never more.
+    side = 4096
+    plane = label_coder.encode_plane(np.zeros((side, side), np.uint8), 1, np.zeros((1, 1), np.uint8))
+    cases["codec 3, 4096x4096 L in 112 bytes"] = (native_l(side, side, 3, plane, 1), side * side, 0, "ok")
+    cases["codec 3 cut short, 4096x4096 L"] = (native_l(side, side, 3, plane[:-6], 1), side * side, 0, "KqFormatError")
     tiny = native_l(1, 1, c.CODEC_ZLIB, zlib.compress(b"\x00"))
     cases["declared 16384x16384, tiny stream"] = (
         _with_size(tiny, 1 << 14, 1 << 14),
@@ -172,6 +182,9 @@ def _cases() -> dict[str, tuple[bytes, int, float, str]]:
 
 
 CASES = _cases()
+SEEDS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus"
+WARM_UP = [SEEDS / "native-L-rgb-none-bytes-lzma2-3c.kq", SEEDS / "png-L.kq", SEEDS / "png-RGBA.kq"]
+WARM_UP_CODEC_3 = WARM_UP + sorted(SEEDS.glob("context-*.kq"))[:3]
 
 
 @pytest.fixture(scope="module")
@@ -182,10 +195,10 @@ def hostile_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def _run_child(path: Path, how: str) -> dict:
+def _run_child(path: Path, how: str, warm_up: list[Path]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), how, str(BUDGET_MB)],
+        [sys.executable, "-c", CHILD, str(path), how, str(BUDGET_MB), *map(str, warm_up)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -213,7 +226,8 @@ def test_the_bombs_are_real():
 def test_hostile_input_under_address_space_limit(hostile_dir, name, how):
     index = list(CASES).index(name)
     data, pixels, _, expected = CASES[name]
-    result = _run_child(hostile_dir / f"{index}.kq", "read_kq" if how == "read_kq" else "open")
+    warm_up = WARM_UP_CODEC_3 if name.startswith("codec 3") else WARM_UP  # numba only where it is needed
+    result = _run_child(hostile_dir / f"{index}.kq", "read_kq" if how == "read_kq" else "open", warm_up)
     grown_mb = (result["peak_kb"] - result["base_kb"]) / 1024
     print(
         f"\n{name:34} {how:10} file {len(data) / MiB:5.2f} MiB -> {result['outcome']:22} "
