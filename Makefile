@@ -25,3 +25,10 @@ fuzz:
 .PHONY: bench-compression
 bench-compression:
 	.venv/bin/python benchmarks/compression.py
+
+# Issue 5: speed, memory and quality of rgb/global/channel at 0.3, 1, 12 and 24 MP next to pngquant, Pillow and
+# MiniBatchKMeans (about 25 min; BENCH_ARGS=--quick for about 5 min).
+BENCH_ARGS ?=
+.PHONY: bench
+bench:
+	.venv/bin/python benchmarks/speed.py $(BENCH_ARGS)

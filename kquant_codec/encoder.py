@@ -44,7 +44,7 @@ from .container import (
 from .decoder import png_payload_image
 from .pixels import SUPPORTED_MODES, as_palette_image, few_colours, split_image
 from .quantize import QuantizedImage, check_alpha, fit_image
-from .quantizer import check_k, check_mode
+from .quantizer import check_k, check_mode, value_histogram
 
 __all__ = ["encode_image", "SAVE_OPTIONS"]
 
@@ -221,7 +221,7 @@ def _fitted_layout(fitted: QuantizedImage) -> _Layout:
     The same table and labels ``_rgb_layout`` finds by counting the quantized image's colours.
     """
     table = fitted.quantizer.centroids_
-    used = np.flatnonzero(np.bincount(fitted.labels.reshape(-1), minlength=table.shape[0]))
+    used = np.flatnonzero(value_histogram(fitted.labels[:, :, None])[: table.shape[0]])  # row blocks: no 8 B/px
     order = used[_order_key(table[used])]
     rank = np.zeros(table.shape[0], dtype=np.uint8)
     rank[order] = np.arange(order.size, dtype=np.uint8)

@@ -68,7 +68,7 @@ def _fingerprint(arr: np.ndarray) -> tuple:
     return arr.__array_interface__["data"][0], arr.shape, arr.strides, digest
 
 
-def _histogram(arr: np.ndarray, channel: int | slice) -> np.ndarray:
+def value_histogram(arr: np.ndarray, channel: int | slice = slice(None)) -> np.ndarray:
     """Counts (256,) int64 of the values of ``arr[:, :, channel]`` ((H, W, C) uint8 samples).
 
     Counted in blocks of rows: ``np.bincount`` widens its input to 8-byte integers, so one call on a
@@ -172,7 +172,7 @@ class KMeansQuantizer:
             tables, inertia = [], 0
             for g in groups:
                 if weights is None:
-                    hist = _histogram(arr, g)
+                    hist = value_histogram(arr, g)
                 else:
                     w = weights if per_channel else np.repeat(weights, channels)
                     hist = np.bincount(arr[:, :, g].reshape(-1), weights=w, minlength=256).astype(np.int64)
