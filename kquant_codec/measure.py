@@ -40,6 +40,7 @@ class BenchRow:
     mse: float
     psnr: float
     seconds: float
+    decode_seconds: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +49,8 @@ class BenchRow:
 def bench_image(img: Image.Image, ks: list[int], modes: list[str], seed: int = 0) -> list[BenchRow]:
     """Quantize ``img`` at every k and mode, store it as ``.kq``, and compare against PNG.
 
-    Time covers quantization plus writing the ``.kq`` bytes. Ratios are PNG bytes / ``.kq`` bytes
+    ``seconds`` covers quantization plus writing the ``.kq`` bytes; ``decode_seconds`` reading them back, which
+    is checked to give exactly the quantized pixels. Ratios are PNG bytes / ``.kq`` bytes
     (above 1 means ``.kq`` is smaller).
     """
     from . import kq_info  # the container API, registered with Pillow on package import
@@ -63,6 +65,12 @@ def bench_image(img: Image.Image, ks: list[int], modes: list[str], seed: int = 0
             quantized.save(buf, format="KQ", mode=mode)
             seconds = time.perf_counter() - start
             data = buf.getvalue()
+            start = time.perf_counter()
+            with Image.open(io.BytesIO(data)) as decoded:
+                decoded.load()
+                decode_seconds = time.perf_counter() - start
+                if decoded.tobytes() != quantized.tobytes():
+                    raise AssertionError(f"the .kq file does not decode to the quantized pixels ({mode}, k={k})")
             quantized_png = png_bytes(quantized)
             rows.append(
                 BenchRow(
@@ -79,6 +87,7 @@ def bench_image(img: Image.Image, ks: list[int], modes: list[str], seed: int = 0
                     mse=mse(img, quantized),
                     psnr=psnr(img, quantized),
                     seconds=seconds,
+                    decode_seconds=decode_seconds,
                 )
             )
     return rows
