@@ -125,7 +125,7 @@ def encode_image(
     if img.mode in NATIVE_MODES:
         candidates.extend(_native_candidates(img, mode, alpha, fitted))
     if (fallback or not candidates) and img.mode in PNG_MODES:
-        png = _png_candidate(img)
+        png = _png_candidate(img, min(map(len, candidates), default=None))
         if png is not None:
             candidates.append(png)
     if not candidates:
@@ -376,10 +376,28 @@ def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
     return True
 
 
-def _png_candidate(img: Image.Image) -> bytes | None:
-    """The smallest PNG payload file that decodes back to exactly ``img``, or None."""
+_BIG_IMAGE = 1 << 20  # pixels above which the PNG fallback skips candidates that cannot win
+
+
+def _png_candidate(img: Image.Image, native_bytes: int | None = None) -> bytes | None:
+    """The smallest PNG payload file that decodes back to exactly ``img``, or None.
+
+    Candidates: Pillow's PNG (``optimize=True``) of the image itself and of its exact palette version. On big
+    images two shortcuts keep the encode fast without giving up the "never larger than its PNG" promise:
+    the truecolour PNG is skipped when a palette version exists (a third of the bytes to deflate, and over
+    a second of zlib level 9 per megapixel), and no optimized PNG is built at all when the best native
+    payload is under half of a quick level-1 palette PNG (level 9 never halves a level-1 stream).
+    """
+    palette = as_palette_image(img)
+    big = img.width * img.height > _BIG_IMAGE
+    if big and native_bytes is not None and palette is not None:
+        quick = io.BytesIO()
+        palette.save(quick, format="PNG", compress_level=1)
+        if native_bytes * 2 <= quick.tell():
+            return None
+    versions = [palette] if (big and palette is not None) else [_clean_copy(img), palette]
     streams = []
-    for version in (_clean_copy(img), as_palette_image(img)):
+    for version in versions:
         if version is None:
             continue
         buf = io.BytesIO()
