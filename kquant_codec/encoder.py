@@ -125,7 +125,7 @@ def encode_image(
     if img.mode in NATIVE_MODES:
         candidates.extend(_native_candidates(img, mode, alpha, fitted))
     if (fallback or not candidates) and img.mode in PNG_MODES:
-        png = _png_candidate(img, min(map(len, candidates), default=None))
+        png = _png_candidate(img, min(map(len, candidates), default=None), _fitted_palette_image(fitted))
         if png is not None:
             candidates.append(png)
     if not candidates:
@@ -228,6 +228,23 @@ def _fitted_layout(fitted: QuantizedImage) -> _Layout:
     kind = "plane" if fitted.alpha is not None else "table" if fitted.mode in ("LA", "RGBA") else "none"
     tables = np.ascontiguousarray(table[order]).tobytes()
     return _Layout("rgb", kind, table.shape[1], (order.size,), tables, rank[fitted.labels], fitted.alpha)
+
+
+def _fitted_palette_image(fitted: QuantizedImage | None) -> Image.Image | None:
+    """``as_palette_image`` of an RGB image quantized in rgb mode, straight from the fit, or None.
+
+    The fit's table is sorted as tuples and its labels index it, which is exactly the palette image that
+    counting the quantized image's colours would build (4 bytes per pixel of temporaries, 800 MB at 24 MP).
+    """
+    if fitted is None or fitted.mode != "RGB" or fitted.alpha is not None or fitted.quantizer.n_channels_ != 3:
+        return None
+    table = fitted.quantizer.centroids_
+    if not value_histogram(fitted.labels[:, :, None])[: table.shape[0]].all():
+        return None  # an unused entry: as_palette_image leaves it out
+    height, width = fitted.labels.shape
+    out = Image.frombytes("P", (width, height), np.ascontiguousarray(fitted.labels).tobytes())
+    out.putpalette(np.ascontiguousarray(table).tobytes(), "RGB")
+    return out
 
 
 def _layouts(
@@ -379,7 +396,9 @@ def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
 _BIG_IMAGE = 1 << 20  # pixels above which the PNG fallback skips candidates that cannot win
 
 
-def _png_candidate(img: Image.Image, native_bytes: int | None = None) -> bytes | None:
+def _png_candidate(
+    img: Image.Image, native_bytes: int | None = None, palette: Image.Image | None = None
+) -> bytes | None:
     """The smallest PNG payload file that decodes back to exactly ``img``, or None.
 
     Candidates: Pillow's PNG (``optimize=True``) of the image itself and of its exact palette version. On big
@@ -388,7 +407,8 @@ def _png_candidate(img: Image.Image, native_bytes: int | None = None) -> bytes |
     a second of zlib level 9 per megapixel), and no optimized PNG is built at all when the best native
     payload is under half of a quick level-1 palette PNG (level 9 never halves a level-1 stream).
     """
-    palette = as_palette_image(img)
+    if palette is None:  # (given when an rgb fit already knows it)
+        palette = as_palette_image(img)
     big = img.width * img.height > _BIG_IMAGE
     if big and native_bytes is not None and palette is not None:
         quick = io.BytesIO()

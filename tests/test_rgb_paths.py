@@ -24,6 +24,7 @@ from PIL import Image
 import kquant_codec as kq
 from kquant_codec import KMeansQuantize, KMeansQuantizer, kmeans_colour
 from kquant_codec.kmeans_colour import fit_palette, label_pixels
+from kquant_codec.pixels import as_palette_image
 
 ENGINES = ["numpy", "numba"]
 
@@ -294,3 +295,10 @@ def test_encoder_reuses_the_fit_and_writes_what_the_filter_makes(china, mode, op
         assert quick[0].alpha_plane is None
     else:
         np.testing.assert_array_equal(quick[0].alpha_plane, slow[0].alpha_plane)
+    palette = encoder._fitted_palette_image(fitted)  # the PNG fallback's palette version, from the fit
+    if mode != "RGB":
+        assert palette is None
+    else:
+        counted = as_palette_image(fitted.to_image())
+        assert palette.mode == counted.mode == "P" and palette.tobytes() == counted.tobytes()
+        assert palette.getpalette() == counted.getpalette()
