@@ -16,8 +16,10 @@ import io
 import lzma
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from kquant_codec import container as c
@@ -198,6 +200,42 @@ def small_hostile_inputs() -> dict[str, bytes]:
     bad_props = bytes([0xE0, 0x00, 0x3F, 0x00, 0x05, 225]) + bytes(6) + b"\x00"
     files["lzma2-bad-properties"] = native_l(8, 8, c.CODEC_LZMA2, bad_props)
     files["lzma2-no-dictionary-reset"] = native_l(8, 8, c.CODEC_LZMA2, b"\x02\x00\x3f" + bytes(64) + b"\x00")
+
+    # Codec 3 (the context coder): broken plane headers, impossible stripe lengths, codec 3 where the spec
+    # forbids it, and a 16x16 stream whose last rANS word is changed.
+    from kquant_codec import label_coder
+
+    labels = (np.add.outer(np.arange(16), np.arange(16)) % 5).astype(np.uint8)
+    good = label_coder.encode_plane(labels, 5, np.arange(5, dtype=np.uint8)[:, None] * 50, None, stripe_rows=4)
+
+    def context_l(stream: bytes, **changes: object) -> bytes:
+        header = c.KqHeader(
+            width=16,
+            height=16,
+            image_mode="L",
+            channels=1,
+            label_codec=c.CODEC_CONTEXT,
+            label_length=len(stream),
+            table_sizes=(5,),
+            tables=bytes(range(0, 250, 50)),
+        )
+        return c.pack_file(replace(header, **changes), stream)
+
+    files["context-valid-16x16-4-stripes"] = context_l(good)
+    files["context-unknown-version"] = context_l(b"\x02" + good[1:])
+    files["context-reference-flag-on-first-plane"] = context_l(good[:1] + b"\x03" + good[2:])
+    files["context-stripe-height-0"] = context_l(good[:2] + b"\x00" + good[3:])
+    files["context-stripe-length-huge-varint"] = context_l(good[:3] + b"\xff\xff\xff\xff\xff\x7f" + good[4:])
+    files["context-odd-byte-count"] = context_l(good + b"\x00")
+    files["context-last-word-changed"] = context_l(good[:-2] + bytes([good[-2] ^ 0x55, good[-1]]))
+    files["context-cut-short"] = context_l(good[:-4])
+    data = bytearray(context_l(good))
+    data[14] = 1  # packing 1 with codec 3
+    files["context-with-packing"] = _with_crcs(data)
+    la = native_la_alpha(16, 16, c.CODEC_ZLIB, zlib.compress(bytes(256)))
+    la = bytearray(la)
+    la[25] = c.CODEC_CONTEXT  # codec 3 for the alpha stream
+    files["context-as-alpha-codec"] = _with_crcs(la)
 
     # Sizes: the pixel-count limit of the format, and a declared size far above Pillow's bomb limit.
     tiny = zlib.compress(bytes(1))

@@ -2,7 +2,7 @@
 
 A seeded mutator (``fuzz.contract.Mutator``: byte edits, header-field rewrites, decompress-edit-recompress
 of the label and alpha streams, PNG chunk edits, CRCs recomputed so edits reach the payload decoders)
-works on the seed corpus in ``fuzz/corpus`` for at most ``KQ_FUZZ_SECONDS`` seconds (default 40), and
+works on the seed corpus in ``fuzz/corpus`` for at most ``KQ_FUZZ_SECONDS`` seconds (default 30), and
 every input must keep the decoder's contract (spec section 12; ``fuzz.contract.check``).
 
 The default seed makes the run repeatable; set ``KQ_FUZZ_SEED`` to explore elsewhere. A failing input is
@@ -20,7 +20,7 @@ from pathlib import Path
 from fuzz.contract import ContractViolation, Mutator, check, pixel_limit
 
 CORPUS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus"
-SECONDS = float(os.environ.get("KQ_FUZZ_SECONDS", "40"))
+SECONDS = float(os.environ.get("KQ_FUZZ_SECONDS", "30"))
 SEED = int(os.environ.get("KQ_FUZZ_SEED", "20260527"))
 MAX_EXECUTIONS = 400_000
 
