@@ -38,6 +38,12 @@ def big_photo(tmp_path_factory) -> Path:
     return path
 
 
+def _ctrl_c_enabled() -> None:
+    """In the child: SIGINT back to its default, as in a terminal. A job started in the background (as CI
+    runs may be) inherits SIGINT *ignored*, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(proc: subprocess.Popen, ready) -> tuple[int, str]:
     deadline = time.monotonic() + 120
     while not ready():
@@ -64,6 +70,7 @@ def test_sigint_while_encoding(tmp_path, big_photo):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_enabled,
     )
     code, err = _interrupt(proc, lambda: _cpu_seconds(proc.pid) > 1.5)
     assert code == 130, err
@@ -105,6 +112,7 @@ def test_sigint_while_writing(tmp_path, big_photo, existing):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_enabled,
     )
 
     def writing() -> bool:
