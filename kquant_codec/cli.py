@@ -1,4 +1,6 @@
-"""The ``kquant`` command line: encode, decode, info, bench and demo. Uses only the package's public API.
+"""The ``kquant`` command line: encode, decode, info, bench, demo, report, batch and palette.
+
+Uses only the package's public API.
 
 Exit codes: 0 success; 1 internal failure; 2 usage error; 3 input missing, unreadable or not a valid
 image; 4 output refused (exists without --force, is the input) or cannot be written; 130 interrupted.
@@ -201,6 +203,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- report, batch, palette (issue 7) ---------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """HTML page + PNG figures for choosing k and mode (kquant_codec.report)."""
+    raise CliError("report: not implemented yet", EXIT_INTERNAL)  # REPORT-CMD
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Encode (or --decode) every image under a folder (kquant_codec.batch)."""
+    raise CliError("batch: not implemented yet", EXIT_INTERNAL)  # BATCH-CMD
+
+
+def cmd_palette(args: argparse.Namespace) -> int:
+    """Shared palettes: learn one from many images, convert and show palette files (kquant_codec.palette)."""
+    raise CliError("palette: not implemented yet", EXIT_INTERNAL)  # PALETTE-CMD
+
+
 # --- parser ------------------------------------------------------------------------------------------
 
 
@@ -253,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image", default="china.jpg", choices=["china.jpg", "flower.jpg"])
     demo.add_argument("-k", type=_k_value, nargs="+", default=[2, 8, 32, 256])
     demo.set_defaults(func=cmd_demo)
+
+    # REPORT-PARSER (owned by the report work)
+    report = sub.add_parser("report", help="HTML report with figures for choosing k and mode")
+    report.set_defaults(func=cmd_report)
+
+    # BATCH-PARSER (owned by the batch work)
+    batch = sub.add_parser("batch", help="encode or decode every image under a folder, in parallel")
+    batch.set_defaults(func=cmd_batch)
+
+    # PALETTE-PARSER (owned by the palette work)
+    palette = sub.add_parser("palette", help="shared palettes: learn from many images, convert, show")
+    palette.set_defaults(func=cmd_palette)
     return parser
 
 
