@@ -2,6 +2,8 @@
 
     from kquant_codec import KMeansQuantize
     out = img.filter(KMeansQuantize(8))            # rgb mode, at most 8 colours
+    pal = learn_palette(frames, k=64)              # one palette for many images (streamed)
+    out = img.filter(KMeansQuantize(palette=pal))  # every pixel its nearest palette colour
 
 Importing the package registers the ``.kq`` format with Pillow and imageio.
 """
@@ -16,6 +18,7 @@ from .imageio_plugin import register_imageio
 from .kq_plugin import KqImageFile
 from .kq_plugin import register as register_pillow
 from .metrics import absolute_error, error_report, l2_error, mse, psnr, squared_error
+from .palette_files import read_palette, write_palette
 from .quantize import QuantizedImage, fit_image, quantize_image
 from .quantizer import MODES, KMeansQuantizer
 
@@ -42,6 +45,8 @@ __all__ = [
     "kq_info",
     "read_kq",
     "encode_image",
+    "read_palette",
+    "write_palette",
     "register",
 ]
 

@@ -3,7 +3,9 @@
 Uses only the package's public API.
 
 Exit codes: 0 success; 1 internal failure; 2 usage error; 3 input missing, unreadable or not a valid
-image; 4 output refused (exists without --force, is the input) or cannot be written; 130 interrupted.
+image; 4 output refused (exists without --force, is the input) or cannot be written; 5 ``kquant batch``
+finished but some files failed (the others were written); 130 interrupted (Ctrl-C); 143 ``kquant batch``
+stopped by SIGTERM.
 Errors are one line on stderr, never a traceback (set KQUANT_DEBUG=1 to see one).
 """
 
@@ -213,7 +215,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Encode (or --decode) every image under a folder (kquant_codec.batch)."""
-    raise CliError("batch: not implemented yet", EXIT_INTERNAL)  # BATCH-CMD
+    from kquant_codec.batch import BatchError, run_batch
+
+    exit_some_failed, exit_terminated = 5, 143  # see the exit codes at the top
+    codes = {"usage": EXIT_USAGE, "input": EXIT_INPUT, "output": EXIT_OUTPUT}
+    try:
+        summary = run_batch(
+            args.input_dir, args.output_dir, k=args.k, mode=args.mode, seed=args.seed, palette=args.palette,
+            decode=args.decode, jobs=args.jobs, scheduler=args.scheduler, force=args.force,
+            progress=not args.no_progress, summary_path=args.summary,
+        )  # fmt: skip
+    except BatchError as exc:
+        raise CliError(str(exc), codes[exc.kind]) from None
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    for line in summary.lines():
+        print(line)
+    if summary.interrupted:
+        print("kquant: interrupted", file=sys.stderr)
+        return exit_terminated if summary.interrupted == "SIGTERM" else EXIT_INTERRUPTED
+    return exit_some_failed if summary.failed else EXIT_OK  # BATCH-CMD
 
 
 def cmd_palette(args: argparse.Namespace) -> int:
@@ -280,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     # BATCH-PARSER (owned by the batch work)
     batch = sub.add_parser("batch", help="encode or decode every image under a folder, in parallel")
+    batch.add_argument("input_dir", help="folder of images (searched recursively)")
+    batch.add_argument("output_dir", help="folder for the outputs, same tree (a/b.png -> a/b.kq)")
+    batch.add_argument("-k", type=_k_value, default=None, help="number of centroids, 1..256 (as kquant encode)")
+    batch.add_argument("--mode", choices=MODES, default="rgb", help="quantization mode (default: rgb)")
+    batch.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
+    batch.add_argument("--jobs", type=int, default=1, help="worker processes (default 1; 0: one per core)")
+    batch.add_argument("--palette", metavar="FILE", help="apply this shared palette instead of learning one")
+    batch.add_argument("--decode", action="store_true", help="the other way: every .kq under INPUT_DIR -> PNG")
+    batch.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (pip extra: dask)")
+    batch.add_argument("--summary", metavar="PATH", help="JSON summary (default: OUTPUT_DIR/kquant-batch.json)")
+    batch.add_argument("--force", action="store_true", help="convert everything again, even finished outputs")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     batch.set_defaults(func=cmd_batch)
 
     # PALETTE-PARSER (owned by the palette work)

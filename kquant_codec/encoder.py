@@ -48,7 +48,7 @@ from .quantizer import check_k, check_mode, value_histogram
 
 __all__ = ["encode_image", "SAVE_OPTIONS"]
 
-SAVE_OPTIONS = ("k", "mode", "quant_mode", "seed", "alpha", "fallback")
+SAVE_OPTIONS = ("k", "mode", "quant_mode", "seed", "alpha", "fallback", "palette")
 _CODECS = (CODEC_STORED, CODEC_ZLIB, CODEC_LZMA2)
 # Above this many bytes of unpacked labels, zlib and LZMA2 are not tried next to codec 3: LZMA2 preset 9e
 # costs about 1 s per 2 MB here and codec 3 beat both on every photo and gradient measured
@@ -78,6 +78,7 @@ def encode_image(
     alpha: str | None = None,
     fallback: bool = True,
     quant_mode: str | None = None,
+    palette: Any = None,
 ) -> bytes:
     """Encode a Pillow image as a ``.kq`` file and return its bytes.
 
@@ -91,6 +92,9 @@ def encode_image(
     fallback : allow a PNG payload when it is smaller (or the only way to store the image).
     quant_mode : another name for ``mode``, for callers where ``mode`` means something else (imageio's
         ``imwrite`` takes ``mode`` as the Pillow image mode: use ``iio.imwrite(p, arr, quant_mode="channel")``).
+    palette : a given (m, 3) RGB palette (1 <= m <= 256, e.g. from ``kquant_codec.read_palette``): the image
+        becomes ``img.filter(KMeansQuantize(palette=palette))`` (every pixel its exact nearest palette colour)
+        instead of learning colours; ``k`` and ``seed`` are ignored, ``mode`` must be None or "rgb".
 
     Raises ``ValueError`` for bad options, empty or oversized images, and modes that cannot be stored.
     """
@@ -106,16 +110,19 @@ def encode_image(
         raise ValueError(f"cannot store an empty image ({width}x{height})")
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         raise ValueError(f"image {width}x{height} exceeds the .kq limits ({MAX_SIDE} per side, {MAX_PIXELS} pixels)")
-    if k is not None or mode is not None:
+    if k is not None or mode is not None or palette is not None:
         if img.mode not in SUPPORTED_MODES:
             raise ValueError(f"cannot quantize image mode {img.mode!r}; supported: {', '.join(SUPPORTED_MODES)}")
         from .filter import KMeansQuantize
 
-        quantize = KMeansQuantize(256 if k is None else k, mode or "rgb", seed=seed, alpha=alpha or "keep")
+        if palette is None:
+            quantize = KMeansQuantize(256 if k is None else k, mode or "rgb", seed=seed, alpha=alpha or "keep")
+        else:
+            quantize = KMeansQuantize(k, mode or "rgb", alpha=alpha or "keep", palette=palette)
         if quantize.mode == "rgb" and img.mode not in ("P", "1"):
             # What the filter does, keeping the fit: its palette and labels are the rgb layout, so the
             # quantized image's colours need no second count. ("P" and "1" images: their filter differs.)
-            fitted = fit_image(img, quantize.k, "rgb", seed=seed, alpha=quantize.alpha)
+            fitted = fit_image(img, quantize.k, "rgb", seed=seed, alpha=quantize.alpha, palette=quantize.palette)
             img = fitted.to_image()
         else:
             img = img.filter(quantize)

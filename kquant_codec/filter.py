@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .pixels import check_image_mode
-from .quantize import check_alpha, quantize_image
+from .quantize import DEFAULT_K, check_alpha, check_palette_options, palette_table_for, quantize_image
 from .quantizer import KMeansQuantizer, check_k, check_mode
 
 __all__ = ["KMeansQuantize"]
@@ -30,29 +30,46 @@ class KMeansQuantize(ImageFilter.MultibandFilter):
 
     A palette ("P") image keeps its index band and gets its palette entries replaced by their
     centroids, so transparency by palette index keeps working.
+
+    ``palette`` (optional): a given (m, 3) RGB palette, 1 <= m <= 256 (an array-like of integers 0..255,
+    or what ``kquant_codec.read_palette`` returns). Nothing is learned then: every pixel is mapped to its
+    exact nearest palette colour (least squared distance, ties to the lower index). ``k`` is ignored and
+    may be left out or None (it becomes m); an explicit ``k`` below m raises ``ValueError``, as do a ``mode`` other
+    than "rgb" and ``alpha="quantize"``; ``seed`` is ignored. Image modes: "RGB"; "RGBA" and "LA" (alpha
+    kept exact); "P" (palette entries mapped, indices and transparency kept); "L"/"LA" only when every
+    palette colour is grey; any other mode raises ``ValueError`` (convert to "RGB" first).
     """
 
     name = "KMeansQuantize"
 
-    def __init__(self, k: int = 8, mode: str = "rgb", seed: int = 0, alpha: str = "keep") -> None:
-        self.k = check_k(k)
+    def __init__(self, k: int = DEFAULT_K, mode: str = "rgb", seed: int = 0, alpha: str = "keep", palette=None) -> None:
         self.mode = check_mode(mode)
-        self.seed = seed
         self.alpha = check_alpha(alpha)
+        self.seed = seed
+        self.palette = None
+        if palette is not None:
+            self.palette = check_palette_options(palette, k, mode, alpha)
+            k = self.palette.shape[0]
+        self.k = check_k(k)
 
     def filter(self, image):  # noqa: A003 - the name Pillow calls
         img = image_from_core(image)
+        if self.palette is not None:
+            palette_table_for(img.mode, self.palette)  # the per-mode rule, before any work
         check_image_mode(img.mode)
         if img.mode == "P":
             return self._filter_palette(img).im
-        return quantize_image(img, self.k, self.mode, seed=self.seed, alpha=self.alpha).im
+        return quantize_image(img, self.k, self.mode, seed=self.seed, alpha=self.alpha, palette=self.palette).im
 
     def _filter_palette(self, img: Image.Image) -> Image.Image:
         indices = np.asarray(img)
         palette = np.frombuffer(img.im.getpalette("RGB", "RGB"), dtype=np.uint8).reshape(-1, 3)
-        counts = np.bincount(indices.reshape(-1), minlength=palette.shape[0])[: palette.shape[0]]
         entries = palette[None, :, :]
-        quantizer = KMeansQuantizer(self.k, self.mode, seed=self.seed).fit(entries, sample_weight=counts[None, :])
+        if self.palette is not None:
+            quantizer = KMeansQuantizer.from_palette(self.palette)
+        else:
+            counts = np.bincount(indices.reshape(-1), minlength=palette.shape[0])[: palette.shape[0]]
+            quantizer = KMeansQuantizer(self.k, self.mode, seed=self.seed).fit(entries, sample_weight=counts[None, :])
         new_palette = quantizer.transform(entries)[0]
         out = Image.frombytes("P", img.size, np.ascontiguousarray(indices).tobytes())
         out.putpalette(new_palette.tobytes(), "RGB")
@@ -60,4 +77,6 @@ class KMeansQuantize(ImageFilter.MultibandFilter):
         return out
 
     def __repr__(self) -> str:
+        if self.palette is not None:
+            return f"KMeansQuantize(palette=<{self.palette.shape[0]} colours>)"
         return f"KMeansQuantize(k={self.k!r}, mode={self.mode!r}, seed={self.seed!r}, alpha={self.alpha!r})"

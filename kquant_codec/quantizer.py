@@ -23,7 +23,7 @@ import numpy as np
 from .kmeans1d import nearest_level_lut, optimal_levels
 from .kmeans_colour import MAX_CHANNELS, fit_palette, label_pixels
 
-__all__ = ["KMeansQuantizer", "MODES", "check_k", "check_mode"]
+__all__ = ["KMeansQuantizer", "MODES", "check_k", "check_mode", "check_palette"]
 
 MODES = ("rgb", "global", "channel")
 
@@ -42,6 +42,33 @@ def check_mode(mode: Any) -> str:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     return str(mode)
+
+
+def check_palette(palette: Any, channels: int | None = 3) -> np.ndarray:
+    """Validate a given colour table and return it as a C-contiguous (m, C) uint8 array.
+
+    ``palette``: array-like of shape (m, C) with 1 <= m <= 256 rows of integers 0..255 (C = ``channels``,
+    3 for RGB; any C from 1 to ``MAX_CHANNELS`` when ``channels`` is None). Row order is kept: it decides
+    ties (the lower index wins). Raises ``ValueError`` naming ``palette``.
+    """
+    try:
+        arr = np.asarray(palette)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"palette must be an (m, 3) array of integers 0..255: {exc}") from None
+    want = "3" if channels == 3 else "C" if channels is None else str(channels)
+    if arr.ndim != 2 or (channels is not None and arr.shape[1] != channels):
+        raise ValueError(f"palette must have shape (m, {want}), got {arr.shape}")
+    if not 1 <= arr.shape[1] <= MAX_CHANNELS:
+        raise ValueError(f"palette rows must have 1 to {MAX_CHANNELS} channels, got {arr.shape[1]}")
+    if not 1 <= arr.shape[0] <= 256:
+        raise ValueError(f"palette must have 1 to 256 colours, got {arr.shape[0]}")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"palette must hold integers 0..255, got dtype {arr.dtype}")
+    if not np.isfinite(arr).all() or (arr != np.round(arr)).any() or arr.min() < 0 or arr.max() > 255:
+        raise ValueError("palette must hold integers 0..255 (found a value outside that range or not whole)")
+    return np.ascontiguousarray(arr.astype(np.uint8))
 
 
 def _as_samples(samples: Any) -> np.ndarray:
@@ -132,6 +159,24 @@ class KMeansQuantizer:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         return k, mode
+
+    @classmethod
+    def from_palette(cls, palette: Any) -> KMeansQuantizer:
+        """A fitted ``"rgb"``-mode quantizer whose centroids are a given palette, not learned ones.
+
+        ``palette``: (m, C) integers 0..255, 1 <= m <= 256 (usually (m, 3) RGB; anything
+        ``kquant_codec.read_palette`` returns). ``centroids_`` is the palette as uint8 rows in the given
+        order (not sorted; duplicates kept), ``n_channels_`` is C and ``k`` is m. ``predict`` labels every
+        pixel with its exact nearest row (least squared distance, ties to the lower index). There is no
+        ``inertia_``: nothing was fitted. Calling ``fit`` afterwards learns a new table of at most m colours.
+        """
+        table = check_palette(palette, channels=None)
+        quantizer = cls(k=table.shape[0], mode="rgb")
+        quantizer.centroids_ = table
+        quantizer.mode_ = "rgb"
+        quantizer.n_channels_ = table.shape[1]
+        quantizer._fitted_labels = None
+        return quantizer
 
     # -- learning -------------------------------------------------------------------------------
 
