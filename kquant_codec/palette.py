@@ -1,0 +1,229 @@
+"""One palette for many images: a streamed colour histogram, then weighted k-means on it.
+
+    learner = PaletteLearner(k=64)
+    for frame in frames:                      # one image in memory at a time
+        learner.partial_fit(frame)
+    pal = learner.palette_                    # (m, 3) uint8, m <= 64
+    out = [f.filter(KMeansQuantize(palette=pal)) for f in frames]
+
+The k-means objective over all pixels of all images equals the objective over their distinct colours
+weighted by how many pixels have each, so the learner keeps only that histogram: the distinct 24-bit RGB
+colours seen so far (ascending uint32 keys ``r << 16 | g << 8 | b``) and their int64 pixel counts. Each
+image (in strips of rows) adds the ``np.unique`` of its keys to a pending list, and the pending lists are
+merged into the histogram whenever they outgrow it, so memory stays within a small multiple of the number
+of distinct colours seen (at most 2**24) plus one strip. The palette is then learned by
+``kmeans_colour.fit_palette`` on the (1, M, 3) colours with the counts as weights, the same learner (and
+result) as for one image holding all those pixels: streaming N images gives exactly the palette of their
+concatenation. Deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .kmeans_colour import fit_palette
+from .quantizer import check_k
+
+__all__ = ["PaletteLearner", "learn_palette", "colour_histogram"]
+
+_STRIP_PIXELS = 1 << 22  # pixels counted per np.unique call: bounds the sort's temporaries (about 50 MB)
+_MIN_MERGE = 1 << 22  # pending distinct colours held before a merge, at least
+
+
+def _pixels(image: Any) -> np.ndarray:
+    """The counted pixels of one image as (H, W, 3) uint8 RGB, or (N, 3) when transparent pixels are dropped.
+
+    Pillow images: RGB as is; modes with alpha (RGBA, LA, PA, La, RGBa, and P with transparency) go through
+    RGBA and their fully transparent pixels (alpha 0) are left out; every other mode is converted to RGB.
+    Arrays: (H, W, 3) uint8 RGB, or (H, W, 4) uint8 RGBA (alpha 0 left out).
+    """
+    if isinstance(image, Image.Image):
+        has_alpha = "A" in image.getbands() or "a" in image.getbands()
+        has_alpha = has_alpha or (image.mode == "P" and "transparency" in image.info)
+        if image.mode == "RGB":
+            arr = np.asarray(image)
+        else:
+            arr = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    else:
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise ValueError(
+                "image must be a Pillow image or an (H, W, 3) / (H, W, 4) uint8 array, "
+                f"got {type(image).__name__} of shape {getattr(arr, 'shape', None)} and dtype {arr.dtype}"
+            )
+    if arr.shape[2] == 4:
+        flat = arr.reshape(-1, 4)
+        return flat[flat[:, 3] != 0, :3]
+    return arr
+
+
+def colour_histogram(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct colours of (..., 3) uint8 RGB pixels: (keys (M,) uint32 ascending, counts (M,) int64).
+
+    Keys are ``r << 16 | g << 8 | b`` (ascending keys = colours sorted as tuples).
+    """
+    flat = np.ascontiguousarray(pixels).reshape(-1, 3)
+    keys = flat[:, 0].astype(np.uint32) << np.uint32(16)
+    keys |= flat[:, 1].astype(np.uint32) << np.uint32(8)
+    keys |= flat[:, 2]
+    distinct, counts = np.unique(keys, return_counts=True)
+    return distinct, counts.astype(np.int64)
+
+
+def _merge(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Merge histograms: ascending distinct keys and exact int64 sums of their counts."""
+    if len(keys) == 1:
+        return keys[0], counts[0]
+    all_keys = np.concatenate(keys)
+    all_counts = np.concatenate(counts)
+    order = np.argsort(all_keys, kind="stable")
+    all_keys = all_keys[order]
+    if not all_keys.size:
+        return all_keys, all_counts
+    starts = np.flatnonzero(np.r_[True, all_keys[1:] != all_keys[:-1]])
+    return all_keys[starts], np.add.reduceat(all_counts[order], starts)  # int64 sums: exact
+
+
+def _colours(keys: np.ndarray) -> np.ndarray:
+    """Keys (M,) -> (M, 3) uint8 colours."""
+    out = np.empty((keys.size, 3), dtype=np.uint8)
+    out[:, 0] = keys >> np.uint32(16)
+    out[:, 1] = (keys >> np.uint32(8)) & np.uint32(255)
+    out[:, 2] = keys & np.uint32(255)
+    return out
+
+
+class PaletteLearner:
+    """Learn one palette of at most ``k`` RGB colours from many images, streamed one at a time.
+
+    Parameters
+    ----------
+    k : int, 1..256
+        Largest number of palette colours.
+    seed : int
+        Seed of the k-means++ initialisation and swap search (``kmeans_colour.fit_palette``).
+
+    Attributes
+    ----------
+    palette_ : (m, 3) uint8, m <= k, rows sorted as tuples: the learned palette (learned on first access
+        after new images, then kept). Images with at most k distinct colours in all get exactly those.
+    n_colours_seen_ : int, distinct RGB colours counted so far (at most 2**24).
+    n_pixels_seen_ : int, pixels counted so far (fully transparent pixels are not counted).
+    n_images_seen_ : int, images given so far.
+    inertia_ : int, total squared error (channel units^2) of the counted pixels against ``palette_``.
+
+    ``partial_fit(image)`` counts one image: a Pillow image (RGB; modes with alpha drop their fully
+    transparent pixels; L, P and other modes are converted to RGB), an (H, W, 3) uint8 RGB array or an
+    (H, W, 4) uint8 RGBA array, or a path Pillow can open. ``fit(images)`` forgets what was counted and
+    counts an iterable of them.
+    """
+
+    def __init__(self, k: int = 64, seed: int = 0) -> None:
+        self.k = k
+        self.seed = seed
+
+    def _check_params(self) -> None:
+        check_k(self.k)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    def _reset(self) -> None:
+        self._keys = np.zeros(0, dtype=np.uint32)
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_size = 0
+        self._fitted: tuple[np.ndarray, int] | None = None
+        self.n_pixels_seen_ = 0
+        self.n_images_seen_ = 0
+
+    def partial_fit(self, image: Any) -> PaletteLearner:
+        """Count the colours of one image (see the class doc for what is taken); returns self."""
+        self._check_params()
+        if not hasattr(self, "_keys"):
+            self._reset()
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(image) as opened:
+                pixels = _pixels(opened)
+        else:
+            pixels = _pixels(image)
+        flat = pixels.reshape(-1, 3)
+        for start in range(0, flat.shape[0], _STRIP_PIXELS):
+            keys, counts = colour_histogram(flat[start : start + _STRIP_PIXELS])
+            self._pending.append((keys, counts))
+            self._pending_size += keys.size
+            if self._pending_size >= max(_MIN_MERGE, self._keys.size):
+                self._flush()
+        self.n_pixels_seen_ += int(flat.shape[0])
+        self.n_images_seen_ += 1
+        self._fitted = None
+        return self
+
+    def fit(self, images: Iterable[Any]) -> PaletteLearner:
+        """Forget what was counted, count every image of ``images`` (any iterable), learn the palette."""
+        self._check_params()
+        self._reset()
+        for image in images:
+            self.partial_fit(image)
+        self._learn()
+        return self
+
+    def _flush(self) -> None:
+        if self._pending:
+            keys, counts = _merge(
+                [self._keys, *(p[0] for p in self._pending)], [self._counts, *(p[1] for p in self._pending)]
+            )
+            self._keys, self._counts = keys, counts
+            self._pending, self._pending_size = [], 0
+
+    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """The merged histogram so far: (colours (M, 3) uint8 sorted as tuples, counts (M,) int64)."""
+        if not hasattr(self, "_keys"):
+            return np.zeros((0, 3), np.uint8), np.zeros(0, np.int64)
+        self._flush()
+        return _colours(self._keys), self._counts.copy()
+
+    def _learn(self) -> tuple[np.ndarray, int]:
+        if getattr(self, "_fitted", None) is None:
+            if not hasattr(self, "_keys"):
+                raise AttributeError("this PaletteLearner has seen no images yet: call partial_fit() or fit() first")
+            self._check_params()
+            self._flush()
+            if not self._keys.size:
+                raise ValueError("no pixels to learn a palette from (no images, or every pixel fully transparent)")
+            colours = _colours(self._keys)[None]  # (1, M, 3): one "image" of the distinct colours
+            fitted = fit_palette(colours, int(self.k), seed=int(self.seed), sample_weight=self._counts[None])
+            self._fitted = (fitted.palette, int(fitted.sse))
+        return self._fitted
+
+    @property
+    def palette_(self) -> np.ndarray:
+        return self._learn()[0].copy()
+
+    @property
+    def inertia_(self) -> int:
+        return self._learn()[1]
+
+    @property
+    def n_colours_seen_(self) -> int:
+        if not hasattr(self, "_keys"):
+            raise AttributeError("this PaletteLearner has seen no images yet")
+        self._flush()
+        return int(self._keys.size)
+
+    def __repr__(self) -> str:
+        return f"PaletteLearner(k={self.k!r}, seed={self.seed!r})"
+
+
+def learn_palette(images: Iterable[Any], k: int = 64, seed: int = 0) -> np.ndarray:
+    """One palette of at most ``k`` colours for all ``images`` (streamed): (m, 3) uint8, rows sorted as tuples.
+
+    ``images``: any iterable of Pillow images, (H, W, 3) / (H, W, 4) uint8 arrays or image paths
+    (``PaletteLearner.partial_fit`` says what is counted). Raises ``ValueError`` when nothing is counted.
+    """
+    return PaletteLearner(k=k, seed=seed).fit(images).palette_
