@@ -113,6 +113,21 @@ def cmd_encode(args: argparse.Namespace) -> int:
     options = {"mode": args.mode, "seed": args.seed, "alpha": args.alpha}
     if args.k is not None:
         options["k"] = args.k
+    if args.palette is not None:  # a shared palette: every pixel its nearest palette colour, nothing learned
+        from kquant_codec.quantize import check_palette_options, palette_table_for
+
+        try:
+            options["palette"] = kq.read_palette(args.palette)
+        except (ValueError, OSError) as exc:
+            raise CliError(f"--palette {args.palette}: {exc}", EXIT_INPUT) from None
+        try:
+            check_palette_options(options["palette"], args.k, args.mode, args.alpha)
+        except ValueError as exc:
+            raise CliError(f"--palette: {exc}", EXIT_USAGE) from None
+        try:
+            palette_table_for(img.mode, options["palette"])
+        except ValueError as exc:
+            raise CliError(f"{args.input}: {exc}", EXIT_INPUT) from None
     size = _write_image(img, args.output, force=args.force, inputs=(args.input,), fmt="KQ", **options)
     seconds = time.perf_counter() - start
     info = kq.kq_info(args.output)
@@ -238,8 +253,104 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_palette(args: argparse.Namespace) -> int:
-    """Shared palettes: learn one from many images, convert and show palette files (kquant_codec.palette)."""
-    raise CliError("palette: not implemented yet", EXIT_INTERNAL)  # PALETTE-CMD
+    """Shared palettes: learn one from many images, convert and show palette files (kquant_codec.palette).
+
+    learn: INPUTs are image files or folders (searched recursively for files with an image extension Pillow
+    knows; hidden files skipped); every frame of a multi-frame file counts. An input that cannot be read
+    is one warning line on stderr; exit 3 only when nothing at all could be read.
+    """  # PALETTE-CMD
+    from kquant_codec.palette_files import READ_EXTENSIONS, WRITE_EXTENSIONS, read_palette, write_palette
+    from kquant_codec.safe_write import OutputExistsError, check_output_path
+
+    def load(path: str):
+        try:
+            return read_palette(path)
+        except FileNotFoundError:
+            raise CliError(f"{path}: no such file", EXIT_INPUT) from None
+        except (ValueError, OSError) as exc:
+            raise CliError(str(exc) if str(path) in str(exc) else f"{path}: {exc}", EXIT_INPUT) from None
+
+    def check_output(path: str, inputs: tuple = ()) -> None:
+        ext = Path(path).suffix.lower()
+        if ext not in WRITE_EXTENSIONS:
+            raise CliError(f"{path}: palette output must end in {' or '.join(WRITE_EXTENSIONS)}", EXIT_USAGE)
+        try:
+            check_output_path(path, force=args.force, inputs=inputs)
+        except OutputExistsError as exc:
+            raise CliError(str(exc), EXIT_OUTPUT) from None
+
+    def save(path: str, pal, inputs: tuple = ()) -> None:
+        check_output(path, inputs)
+        try:
+            write_palette(path, pal, name=Path(path).stem, force=args.force)
+        except OutputExistsError as exc:
+            raise CliError(str(exc), EXIT_OUTPUT) from None
+        except OSError as exc:
+            raise CliError(f"{path}: cannot write: {exc.strerror or exc}", EXIT_OUTPUT) from None
+
+    if args.palette_command == "show":
+        pal = load(args.file)
+        rows = [(i, f"#{r:02x}{g:02x}{b:02x}", r, g, b) for i, (r, g, b) in enumerate(pal.tolist())]
+        if args.json:
+            entries = [{"index": i, "hex": h, "rgb": [r, g, b]} for i, h, r, g, b in rows]
+            print(json.dumps({"file": args.file, "colours": len(rows), "palette": entries}, indent=2))
+        else:
+            for i, h, r, g, b in rows:
+                print(f"{i:3d}  {h}  {r:3d} {g:3d} {b:3d}")
+        return EXIT_OK
+
+    if args.palette_command == "convert":
+        if Path(args.input).suffix.lower() not in READ_EXTENSIONS:
+            raise CliError(f"{args.input}: palette input must end in one of {', '.join(READ_EXTENSIONS)}", EXIT_USAGE)
+        check_output(args.output, (args.input,))
+        pal = load(args.input)
+        save(args.output, pal, (args.input,))
+        print(f"{args.output}: {len(pal)} colours (from {args.input})")
+        return EXIT_OK
+
+    # learn
+    from PIL import Image, ImageSequence
+
+    from kquant_codec.palette import PaletteLearner
+
+    check_output(args.output)
+    start = time.perf_counter()
+    image_exts = set(Image.registered_extensions())
+    files: list[Path] = []
+    for name in args.inputs:
+        p = Path(name)
+        if p.is_dir():
+            found = (f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in image_exts)
+            files.extend(sorted(f for f in found if not any(part.startswith(".") for part in f.relative_to(p).parts)))
+        elif p.exists():
+            files.append(p)
+        else:
+            print(f"kquant: warning: {name}: no such file or folder", file=sys.stderr)
+    learner = PaletteLearner(k=args.k, seed=args.seed)
+    read = 0
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                for frame in ImageSequence.Iterator(img):
+                    frame.load()
+                    learner.partial_fit(frame)
+            read += 1
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            print(f"kquant: warning: {path}: cannot read image: {exc}", file=sys.stderr)
+    if not read:
+        raise CliError(f"no image could be read from {' '.join(args.inputs)}", EXIT_INPUT)
+    try:
+        pal = learner.palette_
+    except ValueError as exc:  # every pixel of every image fully transparent
+        raise CliError(str(exc), EXIT_INPUT) from None
+    save(args.output, pal)
+    frames = learner.n_images_seen_
+    shown = f"{read} images" + (f" ({frames} frames)" if frames != read else "")
+    print(
+        f"{args.output}: {len(pal)} colours learned from {shown}, {learner.n_pixels_seen_} pixels "
+        f"({learner.n_colours_seen_} distinct colours), {time.perf_counter() - start:.2f} s"
+    )
+    return EXIT_OK
 
 
 # --- parser ------------------------------------------------------------------------------------------
@@ -269,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
     enc.add_argument("--alpha", choices=("keep", "quantize"), default="keep", help="alpha kept exact or quantized")
     enc.add_argument("--force", action="store_true", help="overwrite an existing output")
+    enc.add_argument("--palette", metavar="FILE", help="map to this palette (.gpl, .act, .kq, ...) instead of learning")
     enc.set_defaults(func=cmd_encode)
 
     dec = sub.add_parser("decode", help="decode a .kq file to another format (indexed PNG when possible)")
@@ -317,6 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     # PALETTE-PARSER (owned by the palette work)
     palette = sub.add_parser("palette", help="shared palettes: learn from many images, convert, show")
+    pal_sub = palette.add_subparsers(dest="palette_command", required=True, metavar="ACTION")
+    pal_learn = pal_sub.add_parser("learn", help="learn one palette from many images (files or folders)")
+    pal_learn.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    pal_learn.add_argument("-k", type=_k_value, default=64, help="most palette colours, 1..256 (default: 64)")
+    pal_learn.add_argument("-o", "--output", required=True, help="palette file to write: .gpl or .act")
+    pal_learn.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
+    pal_learn.add_argument("--force", action="store_true", help="overwrite an existing output")
+    pal_show = pal_sub.add_parser("show", help="list a palette's colours: index, hex, r g b")
+    pal_show.add_argument("file", help="palette file: .gpl, .act, .kq (rgb mode), palette .png/.gif")
+    pal_show.add_argument("--json", action="store_true", help="print JSON")
+    pal_convert = pal_sub.add_parser("convert", help="convert a palette file to .gpl or .act")
+    pal_convert.add_argument("input", help="palette file: .gpl, .act, .kq (rgb mode), palette .png/.gif")
+    pal_convert.add_argument("output", help="palette file to write: .gpl or .act")
+    pal_convert.add_argument("--force", action="store_true", help="overwrite an existing output")
     palette.set_defaults(func=cmd_palette)
     return parser
 

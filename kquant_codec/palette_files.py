@@ -180,7 +180,7 @@ def _image_palette(path: Path) -> np.ndarray:
             if img.mode not in ("P", "PA"):
                 raise _fail(
                     str(path),
-                    f"a {img.mode} image has no palette (learn one with `kquant palette learn` or learn_palette)",
+                    f"image mode {img.mode!r} has no palette (learn one with `kquant palette learn` or learn_palette)",
                 )
             entries = img.getpalette("RGB") or []
     except (UnidentifiedImageError, SyntaxError) as exc:
