@@ -16,6 +16,9 @@ kquant_codec`` stays numba-free). The kernels are compiled once per machine and 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from numba import njit
@@ -99,7 +102,7 @@ def _bitlen(v):
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _push(st, fr, k, start, freq):
     if k >= st.shape[0]:
         n2 = st.shape[0] * 2
@@ -114,7 +117,7 @@ def _push(st, fr, k, start, freq):
     return st, fr
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, ref, has_ref):
     """Code one stripe. lab: (H, W) uint8 input (encoder) ; out: (H, W) uint8 output (decoder).
     words: uint16 stream for the decoder, words[w0:w1]. Returns (status, st, fr, nsym)."""
@@ -521,7 +524,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, 
     return _OK, st, fr, k
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rans_encode(st, fr, n):
     """Encode symbols n-1..0 (reverse); return the uint16 word stream in decoder order."""
     buf = np.empty(n + 4, np.uint16)
@@ -547,7 +550,7 @@ def _rans_encode(st, fr, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _encode_stripe(lab, copyd, m, R, order, keys, avg, ref, has_ref):
     dummy_out = np.zeros((1, 1), np.uint8)
     dummy_words = np.zeros(1, np.uint16)
@@ -557,7 +560,7 @@ def _encode_stripe(lab, copyd, m, R, order, keys, avg, ref, has_ref):
     return _rans_encode(st, fr, n)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _decode_stripe(out, m, R, order, keys, avg, words, w0, w1, ref, has_ref):
     dummy_lab = np.zeros((1, 1), np.uint8)
     dummy_copy = np.zeros(1, np.int64)
@@ -675,12 +678,16 @@ def encode_plane(
     if stripe_rows is None:
         stripe_rows = max(1, -(-DEFAULT_STRIPE_PIXELS // w))
     stripe_rows = int(min(max(1, stripe_rows), MAX_STRIPE_ROWS, h))
-    avg = np.full((m, m), -1, np.int16)  # escape base per (L, T), filled lazily, shared by all stripes
-    streams = []
-    for y0 in range(0, h, stripe_rows):
+    # Escape base per (L, T), filled lazily and shared by all stripes: a pure function of the keys, so stripes
+    # running at once at worst compute the same entry twice.
+    avg = np.full((m, m), -1, np.int16)
+
+    def encode_stripe(y0: int) -> np.ndarray:
         part = lab[y0 : y0 + stripe_rows]
         part_ref = refa[y0 : y0 + stripe_rows] if has_ref else refa
-        streams.append(_encode_stripe(part, _copy_distances(part), m, R, order, karr, avg, part_ref, has_ref))
+        return _encode_stripe(part, _copy_distances(part), m, R, order, karr, avg, part_ref, has_ref)
+
+    streams = _map_stripes(encode_stripe, list(range(0, h, stripe_rows)))
     flags = (FLAG_KEYS if keys is not None else 0) | (FLAG_REF if has_ref else 0)
     head = bytearray([STREAM_VERSION, flags]) + _uvarint(stripe_rows)
     for words in streams[:-1]:
@@ -733,13 +740,26 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
     offs[1:] = np.cumsum(np.array(lens, np.int64))
     out = np.empty((h, w), np.uint8)
     avg = np.full((m, m), -1, np.int16)
-    for i in range(ns):
+
+    def decode_stripe(i: int) -> int:
         y0, y1 = i * stripe_rows, min((i + 1) * stripe_rows, h)
         part_ref = refa[y0:y1] if has_ref else refa
-        status = _decode_stripe(out[y0:y1], m, R, order, karr, avg, words, offs[i], offs[i + 1], part_ref, has_ref)
+        return _decode_stripe(out[y0:y1], m, R, order, karr, avg, words, offs[i], offs[i + 1], part_ref, has_ref)
+
+    for i, status in enumerate(_map_stripes(decode_stripe, list(range(ns)))):
         if status != _OK:
             raise ValueError(f"corrupt stripe {i} ({_STATUS[status]})")
     return out
+
+
+def _map_stripes(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, on up to one thread per core: the stripe kernels release the GIL and
+    stripes are independent, so the result is the same on any number of threads."""
+    workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kq-stripe") as pool:
+        return list(pool.map(fn, items))
 
 
 _STATUS = {_ERR_EOF: "ran out of words", _ERR_SYM: "impossible symbol", _ERR_FINAL: "does not end exactly"}

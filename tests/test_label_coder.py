@@ -157,3 +157,38 @@ def test_import_does_not_import_numba():
     code = "import sys, kquant_codec; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_many_stripes_on_threads_match_one_thread(monkeypatch, with_ref):
+    """Stripes are coded on a thread pool; the bytes and the decoded labels must not depend on it."""
+    from kquant_codec import label_coder as lc
+
+    rng = np.random.default_rng(5)
+    lab = _structured(53, 37, 40, rng)
+    ref = _structured(53, 37, 40, np.random.default_rng(6)) if with_ref else None
+    keys = rng.integers(0, 256, (40, 3)).astype(np.uint8)
+    threaded = lc.encode_plane(lab, 40, keys, ref, stripe_rows=4)  # 14 stripes
+    assert np.array_equal(lc.decode_plane(threaded, 53, 37, 40, keys, ref), lab)
+    monkeypatch.setattr(lc, "_map_stripes", lambda fn, items: [fn(x) for x in items])
+    assert lc.encode_plane(lab, 40, keys, ref, stripe_rows=4) == threaded
+    assert np.array_equal(lc.decode_plane(threaded, 53, 37, 40, keys, ref), lab)
+
+
+def test_a_corrupt_middle_stripe_is_named():
+    from kquant_codec import label_coder as lc
+
+    lab = _structured(40, 30, 16, np.random.default_rng(8))
+    data = bytearray(lc.encode_plane(lab, 16, None, None, stripe_rows=10))
+    clean = lc.decode_plane(bytes(data), 40, 30, 16, None, None)
+    assert np.array_equal(clean, lab)
+    # Stripe lengths follow the 3-byte header (version, flags, stripe rows): find stripe 2's words and flip them.
+    pos, lens = 3, []
+    for _ in range(3):
+        n, pos = lc._read_uvarint(bytes(data), pos)
+        lens.append(n)
+    start = pos + 2 * (lens[0] + lens[1])
+    for i in range(start, start + 2 * lens[2]):
+        data[i] ^= 0x5A
+    with pytest.raises(ValueError, match="stripe 2"):
+        lc.decode_plane(bytes(data), 40, 30, 16, None, None)
