@@ -16,6 +16,7 @@ kquant_codec`` stays numba-free). The kernels are compiled once per machine and 
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -669,6 +670,7 @@ def encode_plane(
     if not 1 <= m <= 256 or int(lab.max()) >= m:
         raise ValueError("labels must be < m <= 256")
     h, w = lab.shape
+    _notice_first_compile(_encode_stripe, "encoder")
     karr = _key_array(m, keys)
     R, order = _rank_tables(karr)
     has_ref = ref is not None
@@ -734,6 +736,7 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
         raise ValueError("label stream too short for the image size")
     has_ref = bool(flags & FLAG_REF)
     refa = np.ascontiguousarray(ref) if has_ref else np.zeros((1, 1), np.uint8)
+    _notice_first_compile(_decode_stripe, "decoder")
     R, order = _rank_tables(karr)
     words = np.frombuffer(data, dtype="<u2", count=rest // 2, offset=pos).astype(np.uint16)
     offs = np.zeros(ns + 1, np.int64)
@@ -750,6 +753,28 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
         if status != _OK:
             raise ValueError(f"corrupt stripe {i} ({_STATUS[status]})")
     return out
+
+
+_announced: set[str] = set()
+
+
+def _notice_first_compile(kernel, what: str) -> None:
+    """Say so, once, when ``kernel`` is about to be compiled for this machine (its numba cache is empty or
+    stale): the first encode or decode then takes some 10-25 s instead of milliseconds, and a silent wait that
+    long looks like a hang. Logged as a warning (shown on stderr when the application sets up no logging).
+    Uses numba's cache internals; if they change, there is simply no notice."""
+    if what in _announced:
+        return
+    _announced.add(what)
+    try:
+        cold = not kernel._cache._cache_file._load_index()
+    except Exception:  # best effort: a notice must never break coding
+        return
+    if cold:
+        logging.getLogger("kquant_codec").warning(
+            "kquant_codec: compiling the .kq %s kernel for this machine (once; about 10-25 s, cached afterwards)",
+            what,
+        )
 
 
 def _map_stripes(fn, items: list) -> list:

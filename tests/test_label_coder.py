@@ -192,3 +192,16 @@ def test_a_corrupt_middle_stripe_is_named():
         data[i] ^= 0x5A
     with pytest.raises(ValueError, match="stripe 2"):
         lc.decode_plane(bytes(data), 40, 30, 16, None, None)
+
+
+def test_first_compile_is_announced_once_then_cached(tmp_path):
+    """A cold numba cache makes the first decode take seconds: it must say so on stderr, and only then."""
+    path = tmp_path / "x.kq"
+    Image.fromarray(_structured(16, 16, 8, np.random.default_rng(2))).convert("L").save(path, mode="global", k=8)
+    assert kq.kq_info(path).codec == "context"
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    code = f"from PIL import Image; import kquant_codec; Image.open({str(path)!r}).load()"
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    assert "compiling the .kq decoder kernel" in runs[0].stderr
+    assert "compiling" not in runs[1].stderr
