@@ -530,7 +530,8 @@ def _run_pool(tasks: list[_Task], jobs: int, report: Callable[[_Task, FileResult
                         child.terminate()  # at most a stray temporary file, removed by the next run
             executor.shutdown(wait=False, cancel_futures=True)
             raise
-        executor.shutdown(wait=True, cancel_futures=True)
+        # A broken pool is not waited for: its manager thread has already terminated the workers.
+        executor.shutdown(wait=not broken, cancel_futures=True)
 
 
 def _run_dask(tasks: list[_Task], address: str, report: Callable[[_Task, FileResult], None]) -> None:
@@ -584,12 +585,9 @@ def _core_count() -> int:
 
 
 def _load_palette(path: str | os.PathLike) -> np.ndarray:
+    """The (m, 3) uint8 palette of a palette file (``kquant_codec.read_palette``: .gpl, .act, .kq, .png, .gif)."""
     try:
-        from kquant_codec.palette_files import read_palette
-    except ImportError:
-        raise BatchError("--palette is not available yet in this version of kquant_codec", "usage") from None
-    try:
-        return np.asarray(read_palette(path), dtype=np.uint8)
+        return np.asarray(kq.read_palette(path), dtype=np.uint8)
     except FileNotFoundError:
         raise BatchError(f"{path}: no such palette file", "input") from None
     except (OSError, ValueError) as exc:
@@ -621,7 +619,8 @@ def run_batch(
     """Encode every image under ``input_dir`` into ``output_dir`` (see the module docstring).
 
     k, mode, seed : as ``kquant encode`` (k=None: what ``kquant encode`` does without ``-k``). palette : a
-    palette file applied to every image instead of learning one. decode : ``.kq`` -> PNG instead. jobs :
+    palette file applied to every image instead of learning one (``encode_image(img, palette=...)``; needs
+    k=None and mode="rgb"). decode : ``.kq`` -> PNG instead. jobs :
     worker processes (0: one per core; 1: in this process). scheduler : a Dask scheduler address to run
     on instead of local processes. force : encode everything again. progress : a tqdm bar on stderr.
     summary_path : where the JSON summary goes (default ``output_dir/kquant-batch.json``). log : receives
@@ -644,6 +643,8 @@ def run_batch(
         raise BatchError(f"{output_dir}: exists and is not a folder", "output")
     if decode and palette is not None:
         raise BatchError("--palette applies to encoding, not to --decode", "usage")
+    if palette is not None and (k is not None or mode != "rgb"):
+        raise BatchError("--palette replaces -k and works in rgb mode only: drop -k and --mode", "usage")
     suffix = ".png" if decode else ".kq"
     if decode:
         params: dict[str, Any] = {"direction": "decode", "format": "png", "version": kq.__version__}
@@ -652,10 +653,16 @@ def run_batch(
     else:
         pal = _load_palette(palette) if palette is not None else None
         params = {"direction": "encode", "k": k, "mode": mode, "seed": seed, "alpha": "keep"}
-        params["palette_sha256"] = hashlib.sha256(pal.tobytes()).hexdigest() if pal is not None else None
+        if pal is None:
+            # Exactly the options cmd_encode gives the KQ writer.
+            options = (("mode", mode), ("seed", seed), ("alpha", "keep")) + ((("k", k),) if k is not None else ())
+            params["palette_sha256"] = None
+        else:
+            # encode_image(img, palette=pal), i.e. img.save(path, "KQ", palette=pal): nothing is learned,
+            # so the seed does not matter.
+            options = ()
+            params.update(seed=None, palette_sha256=hashlib.sha256(pal.tobytes()).hexdigest())
         params["version"] = kq.__version__
-        # Exactly the options cmd_encode gives the KQ writer.
-        options = (("mode", mode), ("seed", seed), ("alpha", "keep")) + ((("k", k),) if k is not None else ())
     workers = _core_count() if jobs == 0 else jobs
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,313 @@
+"""``kquant batch``: every output byte-identical to the single-file commands, names, failures, resuming,
+OUTPUT_DIR inside INPUT_DIR, shared palettes, and real interruptions (SIGINT, SIGTERM, a killed worker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import kquant_codec as kq
+from kquant_codec import cli
+from kquant_codec.batch import STATE_NAME, SUMMARY_NAME, BatchError, run_batch
+
+ENTRY_POINT = Path(sys.executable).with_name("kquant")
+KQUANT = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "kquant_codec.cli"]
+
+
+def _tree(root: Path, china: Image.Image) -> dict[str, Image.Image]:
+    """A small folder tree of real photo crops in several modes and formats, plus a few traps."""
+    images = {
+        "a.png": china.crop((0, 0, 80, 60)),
+        "sub/b.jpg": china.crop((200, 100, 270, 150)),
+        "sub/deeper/c.png": china.crop((300, 200, 360, 250)).convert("RGBA"),
+        "sub/deeper/grey.bmp": china.crop((100, 300, 150, 340)).convert("L"),
+        "pal.gif": china.crop((400, 0, 460, 40)).quantize(30),
+    }
+    for rel, img in images.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        img.save(root / rel)
+    return images
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every non-hidden file under ``folder`` except the summary, by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".") and p.name != SUMMARY_NAME
+    }
+
+
+def _cli(*argv: str) -> int:
+    return cli.main(list(argv))
+
+
+@pytest.fixture()
+def tree(tmp_path, china) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    _tree(src, china)
+    return src
+
+
+def test_outputs_are_what_kquant_encode_writes(tree, tmp_path):
+    out = tmp_path / "out"
+    assert _cli("batch", str(tree), str(out), "-k", "8", "--mode", "rgb", "--seed", "3", "--no-progress") == 0
+    got = _files(out)
+    assert sorted(got) == ["a.kq", "pal.kq", "sub/b.kq", "sub/deeper/c.kq", "sub/deeper/grey.kq"]
+    ref = tmp_path / "ref"
+    for rel in ["a.png", "sub/b.jpg", "sub/deeper/c.png", "sub/deeper/grey.bmp", "pal.gif"]:
+        target = ref / Path(rel).with_suffix(".kq")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        assert _cli("encode", str(tree / rel), str(target), "-k", "8", "--mode", "rgb", "--seed", "3") == 0
+    assert got == _files(ref)
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert (summary["found"], summary["encoded"], summary["skipped"], summary["failed"]) == (5, 5, 0, 0)
+    assert summary["bytes_out"] == sum(map(len, got.values()))
+    assert summary["bytes_in"] == sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
+    assert summary["parameters"]["k"] == 8 and summary["parameters"]["seed"] == 3
+
+
+def test_process_pool_and_decode_match_the_single_file_commands(tree, tmp_path):
+    """--jobs 2 (spawned workers) gives the serial bytes; --decode gives what ``kquant decode`` writes."""
+    serial, pooled = tmp_path / "serial", tmp_path / "pooled"
+    run_batch(tree, serial, k=6, mode="global", jobs=1, progress=False)
+    summary = run_batch(tree, pooled, k=6, mode="global", jobs=2, progress=False)
+    assert summary.encoded == 5 and summary.failed == 0 and summary.jobs == 2
+    assert _files(serial) == _files(pooled)
+
+    back = tmp_path / "back"
+    summary = run_batch(pooled, back, decode=True, jobs=1, progress=False)
+    assert summary.encoded == 5 and summary.ignored == 1  # the JSON summary there: not an input
+    ref = tmp_path / "ref"
+    for rel in _files(pooled):
+        target = ref / Path(rel).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        assert _cli("decode", str(pooled / rel), str(target)) == 0
+    assert _files(back) == _files(ref)
+    with Image.open(back / "a.png") as img:  # few colours: an indexed PNG
+        assert img.mode == "P"
+
+
+def test_names_clashes_non_images_and_failures(tmp_path, china, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "d").mkdir(parents=True)
+    china.crop((0, 0, 40, 30)).save(src / "x.png")
+    china.crop((40, 0, 80, 30)).save(src / "x.jpg")
+    china.crop((0, 40, 40, 70)).save(src / "d" / "y.png")
+    (src / "notes.txt").write_text("not an image")
+    (src / "fake.png").write_text("not a png either")
+    (src / ".hidden.png").write_bytes((src / "x.png").read_bytes())
+    whole = (src / "x.png").read_bytes()
+    (src / "d" / "cut.png").write_bytes(whole[: len(whole) // 2])  # a truncated PNG: a failure
+    code = _cli("batch", str(src), str(out), "-k", "4", "--no-progress")
+    err = capsys.readouterr().err
+    assert code == 5
+    assert sorted(_files(out)) == ["d/y.kq", "x.jpg.kq", "x.png.kq"]
+    # Both clashing inputs kept their whole names; each file is its own encoding.
+    for name in ("x.png", "x.jpg"):
+        with Image.open(out / f"{name}.kq") as got:
+            assert got.tobytes() == Image.open(src / name).convert("RGB").filter(kq.KMeansQuantize(4)).tobytes()
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["found"] == 5 and summary["encoded"] == 3 and summary["failed"] == 1
+    assert summary["not_images"] == ["fake.png"] and summary["ignored"] == 1
+    assert [f["path"] for f in summary["failures"]] == ["d/cut.png"]
+    assert "kquant: failed: d/cut.png:" in err and "fake.png" in err and "x.png -> x.png.kq" in err
+
+
+def test_output_name_that_still_clashes_is_never_overwritten(tmp_path, china):
+    """``a.png`` and ``a.jpg`` keep whole names; ``a.png.jpg`` would then also map to ``a.png.kq``."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "a.jpg", "a.png.jpg"):
+        china.crop((0, 0, 30, 20)).save(src / name)
+    summary = run_batch(src, tmp_path / "out", k=4, progress=False)
+    assert summary.encoded == 1 and summary.failed == 2
+    assert sorted(_files(tmp_path / "out")) == ["a.jpg.kq"]
+    assert all("clashes" in f["error"] for f in summary.failures)
+
+
+def test_resume_skips_finished_outputs_and_redoes_changed_ones(tree, tmp_path):
+    out = tmp_path / "out"
+    first = run_batch(tree, out, k=8, progress=False)
+    assert first.encoded == 5
+    before = {p: (out / p).stat().st_mtime_ns for p in _files(out)}
+
+    again = run_batch(tree, out, k=8, progress=False)
+    assert (again.encoded, again.skipped, again.redone) == (0, 5, {})
+    assert {p: (out / p).stat().st_mtime_ns for p in _files(out)} == before  # untouched
+
+    # Stray temporary files of a killed run go; an output changed by hand and a changed input are redone.
+    (out / "sub" / ".b.kq.abcd1234.tmp").write_bytes(b"partial")
+    (out / "a.kq").write_bytes(b"garbage")
+    img = Image.open(tree / "sub/deeper/c.png")
+    img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tree / "sub/deeper/c.png")
+    third = run_batch(tree, out, k=8, progress=False)
+    assert third.encoded == 2 and third.skipped == 3
+    assert third.redone == {"output changed": 1, "input changed": 1}
+    assert not list(out.rglob("*.tmp"))
+    ref = kq.encode_image(Image.open(tree / "a.png"), k=8, mode="rgb", seed=0, alpha="keep")
+    assert (out / "a.kq").read_bytes() == ref
+
+    # Other parameters: everything again, and said so; --force: everything again.
+    fourth = run_batch(tree, out, k=9, progress=False)
+    assert fourth.encoded == 5 and fourth.redone == {"made with other parameters (k)": 5}
+    assert run_batch(tree, out, k=9, force=True, progress=False).encoded == 5
+    records = [json.loads(line) for line in (out / STATE_NAME).read_text().splitlines()]
+    assert len(records) == 5 and {r["params"]["k"] for r in records} == {9}
+
+
+def test_output_inside_input_is_never_read_and_input_inside_output_is_refused(tree, tmp_path, capsys):
+    nested = tree / "kq"
+    assert run_batch(tree, nested, k=4, progress=False).found == 5
+    second = run_batch(tree, nested, k=4, progress=False)
+    assert (second.found, second.skipped) == (5, 5)  # its own .kq files were not taken as inputs
+    assert _cli("batch", str(tree), str(tree), "-k", "4", "--no-progress") == cli.EXIT_OUTPUT
+    assert _cli("batch", str(tree / "sub"), str(tree), "-k", "4", "--no-progress") == cli.EXIT_OUTPUT
+    assert "it is or contains the input folder" in capsys.readouterr().err
+    assert _cli("batch", str(tmp_path / "missing"), str(tmp_path / "o"), "--no-progress") == cli.EXIT_INPUT
+
+
+def test_bad_parameters(tree, tmp_path):
+    with pytest.raises(ValueError, match="jobs"):
+        run_batch(tree, tmp_path / "o", jobs=-1)
+    with pytest.raises(ValueError, match="mode"):
+        run_batch(tree, tmp_path / "o", mode="hsv")
+    with pytest.raises(BatchError, match="palette"):
+        run_batch(tree, tmp_path / "o", decode=True, palette="x.gpl")
+    assert _cli("batch", str(tree), str(tmp_path / "o"), "--jobs", "-2", "--no-progress") == cli.EXIT_USAGE
+
+
+def test_shared_palette(tree, tmp_path, china):
+    pal = np.asarray(china.quantize(12).getpalette()[: 12 * 3], dtype=np.uint8).reshape(12, 3)
+    pal_file = tmp_path / "shared.gpl"
+    kq.write_palette(pal_file, pal)
+    out = tmp_path / "out"
+    (tree / "sub/deeper/grey.bmp").unlink()  # a colour palette does not apply to a grey image
+    assert _cli("batch", str(tree), str(out), "--palette", str(pal_file), "--no-progress") == 0
+    read_back = kq.read_palette(pal_file)
+    for rel in ["a.png", "sub/b.jpg", "sub/deeper/c.png", "pal.gif"]:
+        with Image.open(tree / rel) as img:
+            assert (out / Path(rel).with_suffix(".kq")).read_bytes() == kq.encode_image(img, palette=read_back)
+    with Image.open(out / "a.kq") as img:  # only palette colours
+        colours = {c for _, c in img.convert("RGB").getcolors()}
+        assert colours <= {tuple(int(v) for v in row) for row in pal}
+    assert run_batch(tree, out, palette=pal_file, progress=False).skipped == 4
+    # Another palette is another parameter.
+    kq.write_palette(pal_file, pal[:6], force=True)
+    assert run_batch(tree, out, palette=pal_file, progress=False).redone == {
+        "made with other parameters (palette_sha256)": 4
+    }
+    assert _cli("batch", str(tree), str(out), "--palette", str(pal_file), "-k", "8", "--no-progress") == 2
+
+
+# --- real interruptions -----------------------------------------------------------------------------------
+
+
+def _ctrl_c_enabled() -> None:
+    """In the child: SIGINT back to its default (a background CI job inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+SLOW_COUNT = 6
+
+
+@pytest.fixture(scope="module")
+def slow_tree(tmp_path_factory) -> Path:
+    """SLOW_COUNT 320x240 noisy photo crops: at k=64 each takes a noticeable fraction of a second."""
+    from sklearn.datasets import load_sample_image
+
+    photo = load_sample_image("flower.jpg").astype(np.int16)
+    rng = np.random.default_rng(7)
+    src = tmp_path_factory.mktemp("slow") / "in"
+    (src / "s").mkdir(parents=True)
+    for i in range(SLOW_COUNT):
+        crop = photo[20 * i : 20 * i + 240, 30 * i : 30 * i + 320] + rng.integers(-12, 13, (240, 320, 3))
+        Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).save(src / ("s" if i % 2 else "") / f"p{i}.png")
+    return src
+
+
+def _state_lines(out: Path) -> int:
+    try:
+        return len((out / STATE_NAME).read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def slow_reference(slow_tree) -> dict[str, bytes]:
+    """The single-file encoding (k=64 rgb, seed 0) of each slow_tree image, by output path."""
+    refs = {}
+    for path in slow_tree.rglob("*.png"):
+        with Image.open(path) as img:
+            refs[path.relative_to(slow_tree).with_suffix(".kq").as_posix()] = kq.encode_image(
+                img, k=64, mode="rgb", seed=0, alpha="keep"
+            )
+    return refs
+
+
+def _check_outputs_whole(reference: dict[str, bytes], out: Path) -> None:
+    """No temporary files; every .kq present is exactly the single-file encoding of its input."""
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    for path in out.rglob("*.kq"):
+        assert path.read_bytes() == reference[path.relative_to(out).as_posix()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+@pytest.mark.parametrize(("sig", "jobs", "code"), [(signal.SIGINT, "2", 130), (signal.SIGTERM, "1", 143)])
+def test_interrupted_run_leaves_whole_files_a_summary_and_resumes(slow_tree, slow_reference, tmp_path, sig, jobs, code):
+    out = tmp_path / "out"
+    argv = [*KQUANT, "batch", str(slow_tree), str(out), "-k", "64", "--jobs", jobs, "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_enabled)
+    deadline = time.monotonic() + 120
+    while _state_lines(out) < 1:  # interrupt after the first file is done, with more to go
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"kquant batch finished or stalled before the signal: {proc.communicate()}")
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["interrupted"] == signal.Signals(sig).name
+    done = len(list(out.rglob("*.kq")))
+    assert 1 <= summary["encoded"] <= done < SLOW_COUNT and summary["not_started"] == SLOW_COUNT - summary["encoded"]
+    _check_outputs_whole(slow_reference, out)
+
+    resumed = run_batch(slow_tree, out, k=64, progress=False)
+    assert resumed.skipped == summary["encoded"] and resumed.encoded + resumed.skipped == SLOW_COUNT
+    _check_outputs_whole(slow_reference, out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_killed_worker_is_survived(slow_tree, slow_reference, tmp_path):
+    """SIGKILL to a pool worker mid-run: its files are tried again in a new pool; the run still succeeds."""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "out"
+    argv = [*KQUANT, "batch", str(slow_tree), str(out), "-k", "64", "--jobs", "2", "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    workers: list = []
+    while not workers or _state_lines(out) < 1:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"kquant batch finished or stalled before a worker could be killed: {proc.communicate()}")
+        children = psutil.Process(proc.pid).children()
+        workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        time.sleep(0.02)
+    os.kill(workers[0].pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["encoded"] == SLOW_COUNT and summary["failed"] == 0
+    _check_outputs_whole(slow_reference, out)
+    assert len(list(out.rglob("*.kq"))) == SLOW_COUNT
