@@ -11,7 +11,8 @@ weighted by how many pixels have each, so the learner keeps only that histogram:
 colours seen so far (ascending uint32 keys ``r << 16 | g << 8 | b``) and their int64 pixel counts. Each
 image (in strips of rows) adds the ``np.unique`` of its keys to a pending list, and the pending lists are
 merged into the histogram whenever they outgrow it, so memory stays within a small multiple of the number
-of distinct colours seen (at most 2**24) plus one strip. The palette is then learned by
+of distinct colours seen plus one strip; above ``_DENSE_AT`` (2**21) distinct colours the histogram becomes
+a dense table of 2**24 int64 counts (128 MB, fixed), which needs no merges. The palette is then learned by
 ``kmeans_colour.fit_palette`` on the (1, M, 3) colours with the counts as weights, the same learner (and
 result) as for one image holding all those pixels: streaming N images gives exactly the palette of their
 concatenation. Deterministic for a given ``seed``.
@@ -32,8 +33,11 @@ from .quantizer import check_k
 
 __all__ = ["PaletteLearner", "learn_palette", "colour_histogram"]
 
-_STRIP_PIXELS = 1 << 22  # pixels counted per np.unique call: bounds the sort's temporaries (about 50 MB)
-_MIN_MERGE = 1 << 22  # pending distinct colours held before a merge, at least
+_STRIP_PIXELS = 1 << 20  # pixels counted per np.unique call: bounds the sort's temporaries (about 15 MB)
+_MIN_MERGE = 1 << 20  # pending distinct colours held before a merge, at least (12 MB)
+# Above this many distinct colours the sorted histogram (12 bytes a colour, and merges needing several times
+# that) gives way to a dense int64 count per 24-bit colour: 128 MB, fixed, no merges.
+_DENSE_AT = 1 << 21
 
 
 def _pixels(image: Any) -> np.ndarray:
@@ -138,6 +142,7 @@ class PaletteLearner:
         self._counts = np.zeros(0, dtype=np.int64)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_size = 0
+        self._dense: np.ndarray | None = None  # (2**24,) int64 counts, once there are many colours
         self._fitted: tuple[np.ndarray, int] | None = None
         self.n_pixels_seen_ = 0
         self.n_images_seen_ = 0
@@ -157,7 +162,7 @@ class PaletteLearner:
             keys, counts = colour_histogram(flat[start : start + _STRIP_PIXELS])
             self._pending.append((keys, counts))
             self._pending_size += keys.size
-            if self._pending_size >= max(_MIN_MERGE, self._keys.size):
+            if self._dense is not None or self._pending_size >= max(_MIN_MERGE, self._keys.size):
                 self._flush()
         self.n_pixels_seen_ += int(flat.shape[0])
         self.n_images_seen_ += 1
@@ -174,30 +179,46 @@ class PaletteLearner:
         return self
 
     def _flush(self) -> None:
-        if self._pending:
+        """Fold the pending per-strip histograms into the merged one (sorted, or dense once large)."""
+        if self._dense is not None:
+            for keys, counts in self._pending:
+                self._dense[keys] += counts  # keys of one strip are distinct: no lost updates
+        elif self._pending:
             keys, counts = _merge(
                 [self._keys, *(p[0] for p in self._pending)], [self._counts, *(p[1] for p in self._pending)]
             )
             self._keys, self._counts = keys, counts
-            self._pending, self._pending_size = [], 0
+            if keys.size > _DENSE_AT:
+                self._dense = np.zeros(1 << 24, dtype=np.int64)
+                self._dense[keys] = counts
+                self._keys, self._counts = np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.int64)
+        self._pending, self._pending_size = [], 0
+
+    def _merged(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys (M,) uint32 ascending, counts (M,) int64) of everything counted."""
+        self._flush()
+        if self._dense is not None:
+            keys = np.flatnonzero(self._dense)
+            return keys.astype(np.uint32), self._dense[keys]
+        return self._keys, self._counts
 
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """The merged histogram so far: (colours (M, 3) uint8 sorted as tuples, counts (M,) int64)."""
         if not hasattr(self, "_keys"):
             return np.zeros((0, 3), np.uint8), np.zeros(0, np.int64)
-        self._flush()
-        return _colours(self._keys), self._counts.copy()
+        keys, counts = self._merged()
+        return _colours(keys), counts.copy()
 
     def _learn(self) -> tuple[np.ndarray, int]:
         if getattr(self, "_fitted", None) is None:
             if not hasattr(self, "_keys"):
                 raise AttributeError("this PaletteLearner has seen no images yet: call partial_fit() or fit() first")
             self._check_params()
-            self._flush()
-            if not self._keys.size:
+            keys, counts = self._merged()
+            if not keys.size:
                 raise ValueError("no pixels to learn a palette from (no images, or every pixel fully transparent)")
-            colours = _colours(self._keys)[None]  # (1, M, 3): one "image" of the distinct colours
-            fitted = fit_palette(colours, int(self.k), seed=int(self.seed), sample_weight=self._counts[None])
+            colours = _colours(keys)[None]  # (1, M, 3): one "image" of the distinct colours
+            fitted = fit_palette(colours, int(self.k), seed=int(self.seed), sample_weight=counts[None])
             self._fitted = (fitted.palette, int(fitted.sse))
         return self._fitted
 
@@ -214,7 +235,7 @@ class PaletteLearner:
         if not hasattr(self, "_keys"):
             raise AttributeError("this PaletteLearner has seen no images yet")
         self._flush()
-        return int(self._keys.size)
+        return int(np.count_nonzero(self._dense)) if self._dense is not None else int(self._keys.size)
 
     def __repr__(self) -> str:
         return f"PaletteLearner(k={self.k!r}, seed={self.seed!r})"

@@ -76,9 +76,11 @@ def test_fit_matches_quantizer_on_concatenation_and_order_does_not_matter(frames
     np.testing.assert_array_equal(pal, PaletteLearner(24, 1).fit(iter(frames)).palette_)  # any iterable
 
 
-def test_histogram_merge_is_exact_with_many_merges(frames, monkeypatch):
+@pytest.mark.parametrize("dense_at", [1 << 30, 20000])
+def test_histogram_merge_is_exact_with_many_merges(frames, monkeypatch, dense_at):
     monkeypatch.setattr(palette_module, "_STRIP_PIXELS", 997)  # many strips per image ...
     monkeypatch.setattr(palette_module, "_MIN_MERGE", 1500)  # ... and many merges
+    monkeypatch.setattr(palette_module, "_DENSE_AT", dense_at)  # sorted all along, or dense part of the way
     learner = PaletteLearner(k=16)
     for f in frames:
         learner.partial_fit(f)
@@ -88,7 +90,12 @@ def test_histogram_merge_is_exact_with_many_merges(frames, monkeypatch):
     np.testing.assert_array_equal(counts, ref_counts)
     assert counts.dtype == np.int64
     assert learner.n_colours_seen_ == len(ref_colours)
-    assert len(learner._pending) == 0 and learner._keys.size == len(ref_colours)  # merged: one entry per colour
+    assert len(learner._pending) == 0
+    if dense_at > len(ref_colours):
+        assert learner._dense is None and learner._keys.size == len(ref_colours)  # merged: one entry per colour
+    else:
+        assert learner._dense is not None and learner._keys.size == 0
+    assert learner.inertia_ == fit_palette(concat(frames), 16, engine="numpy").sse
     monkeypatch.undo()
     np.testing.assert_array_equal(learner.palette_, learn_palette(frames, k=16))
 
