@@ -11,6 +11,8 @@ the image blank.
 
 Saving: ``img.save("x.kq", k=16, mode="rgb", seed=0, alpha="keep", fallback=True)``; every keyword is
 optional (see ``kquant_codec.encoder.encode_image``; ``quant_mode=`` is another name for ``mode=``).
+``img.save("x.kq", palette=pal)`` maps every pixel to its nearest colour of a given (m, 3) palette instead
+of learning colours (``pal`` from ``kquant_codec.read_palette`` or ``learn_palette``).
 
 After opening, ``img.kq_header`` is the parsed header; ``img.kq`` (which loads the image) is the decoded
 ``KqImage`` with the centroid table(s) and labels.
