@@ -224,8 +224,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """HTML page + PNG figures for choosing k and mode (kquant_codec.report)."""
-    raise CliError("report: not implemented yet", EXIT_INTERNAL)  # REPORT-CMD
+    """HTML page + PNG figures for choosing k and mode (kquant_codec.report).
+
+    A missing matplotlib is exit 2, like the other commands' missing extras.
+    """
+    from kquant_codec.report import REPORT_FILES, PlotsMissingError, ReportWriteError, write_report
+    from kquant_codec.safe_write import OutputExistsError
+
+    if args.input:
+        img = _open_input(args.input)
+        name, size = Path(args.input).name, Path(args.input).stat().st_size
+    else:
+        img, name, size = _sample_image(), "china.jpg (bundled with scikit-learn)", None
+    start = time.perf_counter()
+    try:
+        index = write_report(
+            img, args.output, ks=args.k, seed=args.seed, input_name=name, input_bytes=size, force=args.force,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    except OutputExistsError as exc:
+        raise CliError(str(exc), EXIT_OUTPUT) from None
+    except ReportWriteError as exc:
+        raise CliError(str(exc), EXIT_OUTPUT) from None
+    except PlotsMissingError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    print(f"{index}: report of {name}, {len(REPORT_FILES)} files, {time.perf_counter() - start:.1f} s")
+    return EXIT_OK  # REPORT-CMD
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -326,6 +352,8 @@ def cmd_palette(args: argparse.Namespace) -> int:
             files.append(p)
         else:
             print(f"kquant: warning: {name}: no such file or folder", file=sys.stderr)
+    unique = {f.resolve(): f for f in reversed(files)}  # a file named twice (or via two folders) counts once
+    files = [f for f in files if unique.get(f.resolve()) is f]
     learner = PaletteLearner(k=args.k, seed=args.seed)
     read = 0
     for path in files:
@@ -409,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # REPORT-PARSER (owned by the report work)
     report = sub.add_parser("report", help="HTML report with figures for choosing k and mode")
+    report.add_argument("input", nargs="?", help="image to report on (default: china.jpg from scikit-learn)")
+    report.add_argument("-o", "--output", required=True, help="folder for index.html and the figures")
+    report.add_argument("-k", type=_k_value, nargs="+", default=[1, 2, 4, 8, 16, 32], help="the k values")
+    report.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
+    report.add_argument("--force", action="store_true", help="overwrite the report files of an earlier run")
+    report.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     report.set_defaults(func=cmd_report)
 
     # BATCH-PARSER (owned by the batch work)

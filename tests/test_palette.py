@@ -184,6 +184,17 @@ def test_from_palette_is_a_fitted_exact_quantizer(china_small):
     np.testing.assert_array_equal(q.transform(samples), pal[brute_nearest(samples, pal)])
 
 
+def test_from_palette_exact_on_the_numba_path_too():
+    pytest.importorskip("numba")  # images of 2 MP and more are labelled by the numba kernels
+    rng = np.random.default_rng(5)
+    samples = rng.integers(0, 256, (60, 70, 3), dtype=np.uint8)
+    samples[0, :4] = [[5, 5, 0], [0, 0, 0], [255, 255, 255], [128, 128, 128]]
+    pal = np.vstack([[[10, 0, 0], [0, 10, 0]], rng.integers(0, 256, (38, 3), dtype=np.uint8)]).astype(np.uint8)
+    q = KMeansQuantizer.from_palette(pal)
+    q._engine = "numba"
+    np.testing.assert_array_equal(q.predict(samples), brute_nearest(samples, pal))
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
@@ -303,6 +314,15 @@ def test_cli_learn_show_convert_encode(tmp_path, frames, capsys):
     pal = kq.read_palette(out)
     np.testing.assert_array_equal(pal, learn_palette(frames[:3], k=12, seed=2))
 
+    dup = tmp_path / "dup.act"  # a file named again (it is also in the folder) counts once
+    assert (
+        main(
+            ["palette", "learn", str(folder / "sub" / "f1.png"), str(folder), "-k", "12", "-o", str(dup), "--seed", "2"]
+        )
+        == 0
+    )
+    assert "from 3 images" in capsys.readouterr().out
+    np.testing.assert_array_equal(kq.read_palette(dup), pal)
     assert main(["palette", "learn", str(folder), "-o", str(out)]) == 4  # exists, no --force
     assert main(["palette", "learn", str(tmp_path / "nothing"), "-o", str(tmp_path / "n.gpl")]) == 3
     assert main(["palette", "learn", str(folder), "-o", str(tmp_path / "n.txt")]) == 2
