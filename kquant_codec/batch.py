@@ -64,6 +64,8 @@ MODES = ("rgb", "global", "channel")
 MAX_ATTEMPTS = 2
 # After Ctrl-C, how long running workers get to stop (they are interrupted too) before they are terminated.
 STOP_GRACE_SECONDS = 30.0
+# How long to try reaching a Dask scheduler before giving up (a distributed time string).
+DASK_CONNECT_TIMEOUT = "20s"
 # mkstemp's names in atomic_output: "." + target name + "." + 8 random characters + ".tmp".
 _TMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
@@ -541,14 +543,14 @@ def _run_dask(tasks: list[_Task], address: str, report: Callable[[_Task, FileRes
     except ImportError:
         raise BatchError('--scheduler needs Dask distributed: pip install "kquant_codec[dask]"', "usage") from None
     try:
-        client = Client(address, timeout="20s", set_as_default=False)
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise BatchError(f"cannot connect to the Dask scheduler at {address}: {exc}", "usage") from None
     futures = {}
     try:
         for task in tasks:
             futures[client.submit(_process, task, pure=False)] = task
-        for future in as_completed(list(futures)):
+        for future in as_completed(list(futures), loop=client.loop):
             task = futures[future]
             try:
                 result = future.result()
