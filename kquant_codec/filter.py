@@ -35,7 +35,7 @@ class KMeansQuantize(ImageFilter.MultibandFilter):
     or what ``kquant_codec.read_palette`` returns). Nothing is learned then: every pixel is mapped to its
     exact nearest palette colour (least squared distance, ties to the lower index). ``k`` is ignored and
     may be left out or None (it becomes m); an explicit ``k`` below m raises ``ValueError``, as do a ``mode`` other
-    than "rgb" and ``alpha="quantize"``; ``seed`` is ignored. Image modes: "RGB"; "RGBA" and "LA" (alpha
+    than "rgb" and ``alpha="quantize"``; ``seed`` is ignored. Image modes: "RGB"; "RGBA" (alpha
     kept exact); "P" (palette entries mapped, indices and transparency kept); "L"/"LA" only when every
     palette colour is grey; any other mode raises ``ValueError`` (convert to "RGB" first).
     """
