@@ -32,3 +32,10 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench:
 	.venv/bin/python benchmarks/speed.py $(BENCH_ARGS)
+
+# Issue 7: kquant batch throughput, --jobs 1 and 2, on 100 one-megapixel images made from the bundled photos
+# (BATCH_BENCH_ARGS=--count 20 for a quick look).
+BATCH_BENCH_ARGS ?=
+.PHONY: bench-batch
+bench-batch:
+	.venv/bin/python benchmarks/batch.py $(BATCH_BENCH_ARGS)
