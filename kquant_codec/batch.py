@@ -238,23 +238,29 @@ def _process(task: _Task) -> FileResult:
     return result
 
 
-_IN_POOL_WORKER = False
+_INTERRUPTIBLE = False  # in a pool worker: whether SIGINT may stop the file being converted
 
 
-def _init_pool_worker() -> None:
-    """Pool workers ignore SIGINT while idle (an idle worker killed by Ctrl-C would break the pool)."""
-    global _IN_POOL_WORKER
-    _IN_POOL_WORKER = True
+def _init_pool_worker(interruptible: bool) -> None:
+    """Pool workers ignore SIGINT while idle (an idle worker killed by Ctrl-C would break the pool).
+
+    interruptible : whether SIGINT stops a file mid-way; false when the parent ignores SIGINT (a job
+    started in the background), so that a Ctrl-C meant for others does not cost us files.
+    """
+    global _INTERRUPTIBLE
+    _INTERRUPTIBLE = interruptible
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _pool_process(task: _Task) -> FileResult:
     """``_process`` in a pool worker: SIGINT interrupts the file (its temporary file is removed)."""
+    if not _INTERRUPTIBLE:
+        return _process(task)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _process(task)
     except KeyboardInterrupt:
-        return FileResult(task.rel, task.out_rel, "interrupted")
+        return FileResult(task.rel, task.out_rel, "interrupted", error="interrupted by SIGINT")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -470,14 +476,17 @@ def _stop_workers(before: set[int]) -> None:
                 os.kill(child.pid, signal.SIGINT)
 
 
-def _run_pool(tasks: list[_Task], jobs: int, report: Callable[[_Task, FileResult], None]) -> None:
+def _run_pool(tasks: list[_Task], jobs: int, report: Callable[..., None]) -> None:
     """Run on ``jobs`` spawned processes, keeping ``jobs`` files in flight; survive killed workers."""
     context = multiprocessing.get_context("spawn")  # fork after numba/BLAS threads have started is unsafe
     pending = deque(tasks)
     attempts: Counter[str] = Counter()
     before = {p.pid for p in multiprocessing.active_children()}
     while pending:
-        executor = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_pool_worker)
+        interruptible = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        executor = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=context, initializer=_init_pool_worker, initargs=(interruptible,)
+        )
         inflight: dict[Any, _Task] = {}
         broken = False
         try:
@@ -525,7 +534,7 @@ def _run_pool(tasks: list[_Task], jobs: int, report: Callable[[_Task, FileResult
                 done, not_done = set(), set(inflight)
             for future in done:
                 if not future.cancelled() and future.exception() is None:
-                    report(inflight[future], future.result())
+                    report(inflight[future], future.result(), stopping=True)
             if not_done:
                 for child in multiprocessing.active_children():
                     if child.pid not in before:
@@ -746,9 +755,11 @@ def _run(
 
     bar = tqdm(total=len(todo), unit="file", file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
-    def report(task: _Task, result: FileResult) -> None:
-        if result.status == "interrupted":
-            return
+    def report(task: _Task, result: FileResult, *, stopping: bool = False) -> None:
+        if result.status == "interrupted" and stopping:
+            return  # the run is being interrupted: this file is simply not done
+        if result.status == "interrupted":  # a worker alone was interrupted: the file failed
+            result.status = "failed"
         summary.not_started -= 1
         if result.status == "done":
             summary.encoded += 1

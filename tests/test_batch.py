@@ -262,19 +262,39 @@ def _check_outputs_whole(reference: dict[str, bytes], out: Path) -> None:
         assert path.read_bytes() == reference[path.relative_to(out).as_posix()]
 
 
+def _new_session_ctrl_c_enabled() -> None:
+    """In the child: its own process group (so the test can signal the whole group, as a terminal's
+    Ctrl-C does) and SIGINT back to its default."""
+    os.setsid()
+    _ctrl_c_enabled()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
-@pytest.mark.parametrize(("sig", "jobs", "code"), [(signal.SIGINT, "2", 130), (signal.SIGTERM, "1", 143)])
-def test_interrupted_run_leaves_whole_files_a_summary_and_resumes(slow_tree, slow_reference, tmp_path, sig, jobs, code):
+@pytest.mark.parametrize(
+    ("sig", "jobs", "group", "code"),
+    [
+        (signal.SIGINT, "2", True, 130),  # Ctrl-C in a terminal: the main process and its workers
+        (signal.SIGINT, "2", False, 130),  # kill -INT: the main process stops its workers itself
+        (signal.SIGTERM, "1", False, 143),
+    ],
+)
+def test_interrupted_run_leaves_whole_files_a_summary_and_resumes(
+    slow_tree, slow_reference, tmp_path, sig, jobs, group, code
+):
     out = tmp_path / "out"
     argv = [*KQUANT, "batch", str(slow_tree), str(out), "-k", "64", "--jobs", jobs, "--no-progress"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_enabled)
+    setup = _new_session_ctrl_c_enabled if group else _ctrl_c_enabled
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=setup)
     deadline = time.monotonic() + 120
     while _state_lines(out) < 1:  # interrupt after the first file is done, with more to go
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"kquant batch finished or stalled before the signal: {proc.communicate()}")
         time.sleep(0.02)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
