@@ -127,7 +127,7 @@ class BatchSummary:
     input_dir: str
     output_dir: str
     parameters: dict[str, Any]
-    jobs: int
+    jobs: int | None  # worker processes (None on a Dask cluster)
     scheduler: str | None
     found: int = 0
     encoded: int = 0
@@ -652,8 +652,8 @@ def run_batch(
         raise BatchError(f"refusing to write into {output_dir}: it is or contains the input folder", "output")
     if out_dir.exists() and not out_dir.is_dir():
         raise BatchError(f"{output_dir}: exists and is not a folder", "output")
-    if decode and palette is not None:
-        raise BatchError("--palette applies to encoding, not to --decode", "usage")
+    if decode and (palette is not None or k is not None):
+        raise BatchError("-k and --palette apply to encoding, not to --decode", "usage")
     if palette is not None and (k is not None or mode != "rgb"):
         raise BatchError("--palette replaces -k and works in rgb mode only: drop -k and --mode", "usage")
     suffix = ".png" if decode else ".kq"
@@ -681,7 +681,7 @@ def run_batch(
         raise BatchError(f"{output_dir}: cannot create the folder: {exc.strerror or exc}", "output") from None
     summary_file = Path(summary_path).resolve() if summary_path is not None else out_dir / SUMMARY_NAME
     shown_params = dict(params, palette_file=str(palette) if palette is not None else None)
-    summary = BatchSummary(str(in_dir), str(out_dir), shown_params, workers, scheduler)
+    summary = BatchSummary(str(in_dir), str(out_dir), shown_params, None if scheduler else workers, scheduler)
     start = time.perf_counter()
     with _locked(out_dir), _sigterm_as_interrupt():
         try:
