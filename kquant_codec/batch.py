@@ -505,10 +505,14 @@ def _run_pool(tasks: list[_Task], jobs: int, report: Callable[..., None]) -> Non
                 for future in done:
                     task = inflight.pop(future)
                     try:
-                        report(task, future.result())
+                        result = future.result()
                     except BrokenProcessPool:
                         broken = True
                         inflight[future] = task  # handled with the others below
+                        continue
+                    except Exception as exc:  # the task could not even be run (e.g. not picklable)
+                        result = FileResult(task.rel, task.out_rel, "failed", error=f"{type(exc).__name__}: {exc}")
+                    report(task, result)
             if broken:
                 wait(list(inflight))  # a broken pool resolves every future it holds
                 # A worker died (killed, out of memory): every file in flight is a suspect. Try each again
