@@ -393,6 +393,22 @@ def _grid_figure(new_figure: Callable, m: _Measured) -> Any:
     return fig
 
 
+def _mark_exact(ax: Any, m: _Measured, key: str) -> None:
+    """A log axis cannot show an error of 0: mark those (mode, k) with a triangle on the bottom edge instead."""
+    from matplotlib.transforms import blended_transform_factory
+
+    at_bottom = blended_transform_factory(ax.transData, ax.transAxes)
+    labelled = False
+    for i, mode in enumerate(m.modes):
+        exact = [k for k in m.ks if getattr(m.cells[mode, k].row, key) == 0]
+        if exact:
+            nudge = 2 ** (0.1 * (i - (len(m.modes) - 1) / 2))  # side by side when several modes are exact
+            label = None if labelled else "error 0 (exact), on the bottom edge"
+            xs = [k * nudge for k in exact]
+            ax.plot(xs, [0.02] * len(xs), "v", ms=8, color=_MODE_COLOURS[mode], transform=at_bottom, label=label)
+            labelled = True
+
+
 def _errors_figure(new_figure: Callable, m: _Measured) -> Any:
     samples = m.img.width * m.img.height * 3
     fig = new_figure(figsize=(14, 5.4))
@@ -410,6 +426,7 @@ def _errors_figure(new_figure: Callable, m: _Measured) -> Any:
         _k_axis(ax, m.ks)
         if any_positive:
             _plain_log_y(ax)
+            _mark_exact(ax, m, key)
         scale = samples**power  # L1 / N is the mean |delta|; L2 / sqrt(N) is the RMSE
         right = ax.secondary_yaxis("right", functions=(lambda v, s=scale: v / s, lambda v, s=scale: v * s))
         _plain_labels(right.yaxis)
@@ -438,7 +455,7 @@ def _sizes_figure(new_figure: Callable, m: _Measured) -> Any:
         _plain_log_y(ax)
         ax.set_ylabel("file size (kB, 1 kB = 1000 bytes)")
         ax.set_title(f"{mode} mode: file size of the quantized image")
-        ax.legend(loc="lower right", fontsize=10)
+        ax.legend(loc="best", fontsize=10)
     low = min(min(r.kq_bytes, r.png_quantized_bytes, r.webp_bytes) for r in m.rows()) / _KB
     for ax in size_axes:  # one scale for all modes, so the panels compare at a glance
         ax.set_ylim(low / 2, original_kb * 2)
@@ -450,7 +467,7 @@ def _sizes_figure(new_figure: Callable, m: _Measured) -> Any:
     _plain_log_y(ax)
     ax.set_ylabel("PNG of the original / .kq (times smaller)")
     ax.set_title("Compression ratio of .kq against the original's PNG")
-    ax.legend(title="mode", loc="upper right", fontsize=10)
+    ax.legend(title="mode", loc="best", fontsize=10)
     for extra in axes[n + 1 :]:
         extra.axis("off")
     fig.suptitle("File size against k: .kq, palette PNG and WebP lossless of the quantized image")
@@ -665,8 +682,8 @@ def _html(m: _Measured, title: str, input_name: str, input_bytes: int | None, so
     parts = []
     for heading, key, caption in figures:
         parts.append(
-            f'<h2>{heading}</h2>\n<figure><img src="{FIGURES[key]}" alt="{e(heading)}">'
-            f"<figcaption>{caption}</figcaption></figure>"
+            f'<h2>{heading}</h2>\n<figure><a href="{FIGURES[key]}"><img src="{FIGURES[key]}" alt="{e(heading)}"></a>'
+            f"<figcaption>{caption} (Click for full size.)</figcaption></figure>"
         )
         if key == "sizes":
             parts.append(
