@@ -224,6 +224,17 @@ def _check_modes(modes: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
 
+def _check_seed_workers(seed: Any, workers: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)  # each running job holds a few copies of the image: keep them few
+
+
 def measure_report(
     img: Image.Image,
     *,
@@ -245,9 +256,10 @@ def _measure(
     workers: int | None,
     on_step: Callable[[str], None] | None,
 ) -> _Measured:
+    _check_seed_workers(seed, workers)
     img = _as_rgb(img)
     if workers is None:
-        workers = min(2, os.cpu_count() or 1)
+        workers = _default_workers()
     # Threads, not processes: the codec's numba kernels, zlib and Pillow's PNG/WebP encoders release the GIL,
     # and nothing is pickled. Results are keyed by (mode, k), so the output does not depend on finishing order.
     # Expensive jobs (large k) first, so the last one to finish is short.
@@ -284,7 +296,7 @@ def _measure(
 
 
 def _import_matplotlib() -> Any:
-    """matplotlib's ``Figure`` class with the Agg canvas attached by ``_new_figure``; a clear error without it."""
+    """matplotlib's ``Figure`` and Agg canvas classes (no pyplot: no global state), or ``PlotsMissingError``."""
     try:
         import matplotlib  # noqa: F401
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -767,8 +779,8 @@ def write_report(
     Writes ``index.html``, ``numbers.csv`` and the figures ``grid.png``, ``errors.png``, ``sizes.png``,
     ``histograms.png``, ``palettes.png`` (``REPORT_FILES``), each atomically; the folder is created if needed.
     A non-RGB image is converted to RGB first (alpha dropped). ``ks``: 1..256 each; ``modes``: any of
-    "global", "channel", "rgb". ``workers``: threads for the measurements (default: up to 2); the results
-    do not depend on it. ``progress``: a tqdm bar on stderr.
+    "global", "channel", "rgb". ``workers``: threads for the measurements (default: one per core, at most
+    4); the results do not depend on it. ``progress``: a tqdm bar on stderr.
 
     Raises ``OutputExistsError`` when ``out_dir`` already holds report files and ``force`` is false (or is
     not a folder), ``PlotsMissingError`` without matplotlib, ``ReportWriteError`` when a file cannot be
@@ -778,10 +790,7 @@ def write_report(
 
     ks_ = _check_ks(ks)
     modes_ = _check_modes(modes)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    _check_seed_workers(seed, workers)
     out = Path(out_dir)
     _check_out_dir(out, force)
     Figure, FigureCanvasAgg = _import_matplotlib()
@@ -794,7 +803,7 @@ def write_report(
 
     source_mode = img.mode
     name = input_name or "image"
-    threads = workers or min(2, os.cpu_count() or 1)
+    threads = workers or _default_workers()
     steps = len(ks_) * len(modes_) + 1 + len(FIGURES) + 1
     with tqdm(total=steps, desc="kquant report", unit="step", file=sys.stderr, disable=not progress) as bar:
 

@@ -221,9 +221,12 @@ def test_cli_writes_a_report_and_force_overwrites(small, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")  # a non-empty folder without report files is fine
-    argv = ["report", str(src), "-o", str(out), "-k", "2", "8", "--no-progress"]
+    argv = ["report", str(src), "-o", str(out), "-k", "2", "8"]
     assert main(argv) == 0
-    assert "index.html" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "index.html" in printed.out
+    assert "kquant report" in printed.err and "100%" in printed.err  # the progress bar, on stderr
+    argv.append("--no-progress")
     assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, "notes.txt"])
     first = (out / "numbers.csv").read_bytes()
     assert main(argv) == 4  # now it holds a report
@@ -231,3 +234,4 @@ def test_cli_writes_a_report_and_force_overwrites(small, tmp_path, capsys):
     assert main([*argv, "--force"]) == 0
     assert (out / "numbers.csv").read_bytes() == first  # deterministic
     assert (out / "notes.txt").read_text() == "mine"
+    assert capsys.readouterr().err == ""
