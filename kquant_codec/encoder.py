@@ -359,9 +359,11 @@ def _native_candidates(
         # zlib 9 and LZMA2 9e cost several times codec 3's time; try them only when a quick LZMA2 preset-1
         # probe says they could win: on the sample photos' labels, 9e was at most 1.25x smaller than preset 1.
         # Only the packing whose probe is smaller gets them.
-        probes = {packed: _lzma_probe(raw) for packed, raw in streams.items()}
-        slow_packing = min(probes, key=probes.get)
-        slow = len(streams[False]) <= _SLOW_CODECS_MAX_BYTES and _LZMA_GAIN * len(context) > probes[slow_packing]
+        slow, slow_packing = False, False
+        if len(streams[False]) <= _SLOW_CODECS_MAX_BYTES:
+            probes = {packed: _lzma_probe(raw) for packed, raw in streams.items()}
+            slow_packing = min(probes, key=probes.get)
+            slow = _LZMA_GAIN * len(context) > probes[slow_packing]
         for packed, raw in streams.items():
             if not slow or packed != slow_packing:
                 codec, stream = CODEC_STORED, raw
