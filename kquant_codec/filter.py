@@ -63,16 +63,18 @@ class KMeansQuantize(ImageFilter.MultibandFilter):
 
     def _filter_palette(self, img: Image.Image) -> Image.Image:
         indices = np.asarray(img)
-        palette = np.frombuffer(img.im.getpalette("RGB", "RGB"), dtype=np.uint8).reshape(-1, 3)
+        pal_mode = img.im.getpalettemode()  # "RGBA" when the entries carry their own alpha (kept as it is)
+        table = np.frombuffer(img.im.getpalette(pal_mode, pal_mode), dtype=np.uint8).reshape(-1, len(pal_mode))
+        palette = table[:, :3]
         entries = palette[None, :, :]
         if self.palette is not None:
             quantizer = KMeansQuantizer.from_palette(self.palette)
         else:
             counts = np.bincount(indices.reshape(-1), minlength=palette.shape[0])[: palette.shape[0]]
             quantizer = KMeansQuantizer(self.k, self.mode, seed=self.seed).fit(entries, sample_weight=counts[None, :])
-        new_palette = quantizer.transform(entries)[0]
+        new_palette = np.hstack([quantizer.transform(entries)[0], table[:, 3:]])
         out = Image.frombytes("P", img.size, np.ascontiguousarray(indices).tobytes())
-        out.putpalette(new_palette.tobytes(), "RGB")
+        out.putpalette(new_palette.tobytes(), pal_mode)
         out.load()
         return out
 

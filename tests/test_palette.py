@@ -265,6 +265,24 @@ def test_modes(china_small):
             china_small.convert(mode).filter(KMeansQuantize(palette=PAL))
 
 
+def test_palette_image_with_rgba_entries_keeps_its_alpha(china_small):
+    """Image.quantize() of an RGBA image gives a "P" image whose palette entries hold the alpha."""
+    rgba = np.asarray(china_small.convert("RGBA")).copy()
+    rgba[:, : rgba.shape[1] // 3, 3] = 0
+    rgba[:, rgba.shape[1] // 3 : rgba.shape[1] // 2, 3] = 128
+    p = Image.fromarray(rgba, "RGBA").quantize(16)
+    assert p.palette.mode == "RGBA"
+    src = np.asarray(p.convert("RGBA"))
+    assert set(np.unique(src[:, :, 3])) == {0, 128, 255}
+    for f in (KMeansQuantize(palette=PAL), KMeansQuantize(4)):
+        got = np.asarray(p.filter(f).convert("RGBA"))
+        np.testing.assert_array_equal(got[:, :, 3], src[:, :, 3])
+    got = np.asarray(p.filter(KMeansQuantize(palette=PAL)).convert("RGBA"))
+    np.testing.assert_array_equal(got[:, :, :3], PAL[brute_nearest(src[:, :, :3], PAL)])
+    back = np.asarray(Image.open(io.BytesIO(kq.encode_image(p, palette=PAL))).convert("RGBA"))
+    np.testing.assert_array_equal(back, got)
+
+
 def test_encode_and_save_hold_exactly_the_mapped_pixels(china_small, tmp_path):
     expect = china_small.filter(KMeansQuantize(palette=PAL))
     data = kq.encode_image(china_small, palette=PAL)
