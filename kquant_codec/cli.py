@@ -359,6 +359,9 @@ def cmd_palette(args: argparse.Namespace) -> int:
     for path in files:
         try:
             with Image.open(path) as img:
+                if getattr(img, "n_frames", 1) > 1:  # every frame must read before any is counted
+                    for frame in ImageSequence.Iterator(img):
+                        frame.load()
                 for frame in ImageSequence.Iterator(img):
                     frame.load()
                     learner.partial_fit(frame)

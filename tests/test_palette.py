@@ -317,6 +317,22 @@ def test_imageio_passes_the_palette_through(china_small, tmp_path):
 # -- CLI -------------------------------------------------------------------------------------------------
 
 
+def test_cli_learn_counts_nothing_of_a_truncated_animation(tmp_path, frames, capsys):
+    """A multi-frame file that fails on a later frame is a warning and adds none of its frames."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(frames[0]).save(folder / "a.png")
+    gif = [Image.fromarray(f[:40, :40]).quantize(16) for f in frames[1:4]]
+    buf = io.BytesIO()
+    gif[0].save(buf, "GIF", save_all=True, append_images=gif[1:])
+    (folder / "b.gif").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 4 // 5])
+    out = tmp_path / "pal.gpl"
+    assert main(["palette", "learn", str(folder), "-k", "6", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "b.gif" in captured.err and "from 1 images," in captured.out
+    np.testing.assert_array_equal(kq.read_palette(out), learn_palette(frames[:1], k=6))
+
+
 def test_cli_learn_show_convert_encode(tmp_path, frames, capsys):
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
