@@ -103,8 +103,9 @@ class KqDecoder(ImageFile.PyDecoder):
                 return -1, 0
             raise KqFormatError(f"image file is truncated ({len(payload)} of {header.payload_length} payload bytes)")
         kq = decode_file(header, payload)
-        img = kq.to_image()
-        self.set_as_raw(img.tobytes(), img.mode)
+        img = kq.to_image()  # the header's mode and size, which _open gave this image
+        # One C-level copy into Pillow's buffer (tobytes + set_as_raw would copy twice, via Python bytes).
+        self.im.paste(img.im, (0, 0, img.width, img.height))
         owner._kq_decoded(kq, img)
         return -1, 0
 
