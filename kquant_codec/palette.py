@@ -43,13 +43,15 @@ _DENSE_AT = 1 << 21
 def _pixels(image: Any) -> np.ndarray:
     """The counted pixels of one image as (H, W, 3) uint8 RGB, or (N, 3) when transparent pixels are dropped.
 
-    Pillow images: RGB as is; modes with alpha (RGBA, LA, PA, La, RGBa, and P with transparency) go through
-    RGBA and their fully transparent pixels (alpha 0) are left out; every other mode is converted to RGB.
+    Pillow images: RGB as is; modes with alpha (RGBA, LA, PA, La, RGBa, and P with transparency or an RGBA
+    palette) go through RGBA and their fully transparent pixels (alpha 0) are left out; every other mode is
+    converted to RGB.
     Arrays: (H, W, 3) uint8 RGB, or (H, W, 4) uint8 RGBA (alpha 0 left out).
     """
     if isinstance(image, Image.Image):
         has_alpha = "A" in image.getbands() or "a" in image.getbands()
-        has_alpha = has_alpha or (image.mode == "P" and "transparency" in image.info)
+        if image.mode == "P":  # transparency by index, or per entry in an RGBA palette (Image.quantize of RGBA)
+            has_alpha = "transparency" in image.info or (image.palette is not None and image.palette.mode == "RGBA")
         if image.mode == "RGB":
             arr = np.asarray(image)
         else:

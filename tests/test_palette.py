@@ -124,6 +124,11 @@ def test_pillow_modes_and_transparency(frames):
     np.testing.assert_array_equal(learn_palette([p], k=8), learn_palette([p.convert("RGB")], k=8))
     la = Image.fromarray(np.dstack([np.asarray(grey), alpha]), "LA")
     assert PaletteLearner(k=4).partial_fit(la).n_pixels_seen_ == learner.n_pixels_seen_
+    p_rgba = rgba.quantize(16)  # a "P" image whose palette entries hold the alpha
+    assert p_rgba.palette.mode == "RGBA" and "transparency" not in p_rgba.info
+    visible = np.count_nonzero(np.asarray(p_rgba.convert("RGBA"))[:, :, 3])
+    assert 0 < visible < rgb.shape[0] * rgb.shape[1]
+    assert PaletteLearner(k=4).partial_fit(p_rgba).n_pixels_seen_ == visible
 
 
 def test_paths_are_opened(tmp_path, frames):
