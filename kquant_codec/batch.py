@@ -723,7 +723,7 @@ def _run(
     removed = _remove_stale_temporaries(out_dir)
     if removed:
         log(f"kquant batch: removed {removed} temporary files left by an interrupted run")
-    extensions = {".kq"} if decode else _image_extensions()
+    extensions = {".kq"} if decode else _image_extensions() - {".kq"}  # never re-quantize earlier outputs
     rels, summary.ignored = _walk(in_dir, out_dir, extensions)
     summary.found = len(rels)
     names, clashes = _output_names(rels, suffix)

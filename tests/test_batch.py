@@ -177,6 +177,15 @@ def test_output_inside_input_is_never_read_and_input_inside_output_is_refused(tr
     assert _cli("batch", str(tmp_path / "missing"), str(tmp_path / "o"), "--no-progress") == cli.EXIT_INPUT
 
 
+def test_kq_files_are_not_encoded_again(tree, tmp_path):
+    """.kq files are inputs only with decode: a second run into another folder inside INPUT_DIR leaves
+    the first run's outputs alone."""
+    run_batch(tree, tree / "kq64", k=64, progress=False)
+    second = run_batch(tree, tree / "kq16", k=16, progress=False)
+    assert (second.found, second.encoded) == (5, 5)
+    assert not (tree / "kq16" / "kq64").exists()
+
+
 def test_bad_parameters(tree, tmp_path):
     with pytest.raises(ValueError, match="jobs"):
         run_batch(tree, tmp_path / "o", jobs=-1)
