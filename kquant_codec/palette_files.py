@@ -77,10 +77,8 @@ def parse_gpl(data: bytes, source: str = "<gpl bytes>") -> np.ndarray:
         if _FIELD.match(stripped):  # a "Name:" / "Columns:" field
             continue
         fields = stripped.split(maxsplit=3)
-        try:
-            rgb = tuple(int(v) for v in fields[:3])
-        except ValueError:
-            rgb = ()
+        # ASCII digits only: int() would also take "1_0", "+1" and non-ASCII digits such as "\u0663"
+        rgb = tuple(int(v) for v in fields[:3] if v.isascii() and v.isdigit())
         if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
             raise _fail(source, f"bad line {number}: expected 'R G B [name]' with integers 0..255, got {line[:60]!r}")
         colours.append(rgb)

@@ -83,6 +83,8 @@ def test_gpl_written_by_other_tools_parses(tmp_path):
         ("GIMP Palette\n1 2 3\n4 5 256 too bright\n", "bad line 3"),
         ("GIMP Palette\n# c\n-1 0 0\n", "bad line 3"),
         ("GIMP Palette\nred green blue\n", "bad line 2"),
+        ("GIMP Palette\n1_0 2 3\n", "bad line 2"),
+        ("GIMP Palette\n1 \u0663 3\n", "bad line 2"),
         ("GIMP Palette\n" + "1 2 3\n" * 257, "more than 256 colours"),
     ],
 )
