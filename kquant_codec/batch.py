@@ -359,7 +359,7 @@ def _redo_reason(task: _Task, rec: dict[str, Any] | None, params: dict[str, Any]
     """None when the output is complete and made from this input with these parameters, else why not."""
     out = _stat_key(task.output)
     if out is None:
-        return "new"
+        return "new" if rec is None else "output deleted"
     if rec is None:
         return "existing output not recorded as complete"
     if rec.get("params") != params:

@@ -158,6 +158,10 @@ def test_resume_skips_finished_outputs_and_redoes_changed_ones(tree, tmp_path):
     ref = kq.encode_image(Image.open(tree / "a.png"), k=8, mode="rgb", seed=0, alpha="keep")
     assert (out / "a.kq").read_bytes() == ref
 
+    (out / "pal.kq").unlink()  # an output deleted by hand: redone, and said so
+    deleted = run_batch(tree, out, k=8, progress=False)
+    assert (deleted.encoded, deleted.redone) == (1, {"output deleted": 1})
+
     # Other parameters: everything again, and said so; --force: everything again.
     fourth = run_batch(tree, out, k=9, progress=False)
     assert fourth.encoded == 5 and fourth.redone == {"made with other parameters (k)": 5}
