@@ -115,12 +115,12 @@ class FileResult:
 class BatchSummary:
     """The outcome of a batch run. Sizes in bytes, times in seconds, megapixels = 1e6 pixels.
 
-    found : input files with an image extension (``.kq`` with decode). encoded : outputs written by this
-    run (decoded, with decode). skipped : outputs already complete from an earlier run with the same
-    parameters. failed : files that could not be converted (``failures``: path and error of each).
-    not_images : inputs with an image extension that Pillow could not identify. ignored : files without
-    such an extension. bytes_in / bytes_out / megapixels : of the files encoded by this run. redone : why
-    existing outputs were made again (reason -> count). interrupted : None, "SIGINT" or "SIGTERM";
+    found : input files with an image extension other than ``.kq`` (only ``.kq`` with decode). encoded :
+    outputs written by this run (decoded, with decode). skipped : outputs already complete from an earlier
+    run with the same parameters. failed : files that could not be converted (``failures``: path and error
+    of each). not_images : inputs with an image extension that Pillow could not identify. ignored : the
+    other files (hidden ones not counted). bytes_in / bytes_out / megapixels : of the files encoded by this
+    run. redone : why existing outputs were made again (reason -> count). interrupted : None, "SIGINT" or "SIGTERM";
     not_started : files left undone by an interruption.
     """
 
@@ -178,7 +178,8 @@ class BatchSummary:
             f"{self.images_per_second:.2f} images/s",
         ]
         if self.not_images or self.ignored:
-            out.append(f"{len(self.not_images)} not images (skipped), {self.ignored} files without an image extension")
+            other = "not .kq" if verb == "decoded" else "no image extension, or .kq"
+            out.append(f"{len(self.not_images)} not images (skipped), {self.ignored} other files ({other})")
         if self.interrupted:
             out.append(f"interrupted ({self.interrupted}): {self.not_started} files not done")
         if self.summary_path:

@@ -188,6 +188,9 @@ def test_kq_files_are_not_encoded_again(tree, tmp_path):
     second = run_batch(tree, tree / "kq16", k=16, progress=False)
     assert (second.found, second.encoded) == (5, 5)
     assert not (tree / "kq16" / "kq64").exists()
+    assert "6 other files (no image extension, or .kq)" in second.lines()[2]  # kq64's .kq and summary
+    back = run_batch(tree / "kq16", tmp_path / "back", decode=True, progress=False)
+    assert back.lines()[2] == "0 not images (skipped), 1 other files (not .kq)"  # kq16's summary
 
 
 def test_bad_parameters(tree, tmp_path):
