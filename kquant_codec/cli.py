@@ -294,7 +294,8 @@ def cmd_palette(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             raise CliError(f"{path}: no such file", EXIT_INPUT) from None
         except (ValueError, OSError) as exc:
-            raise CliError(str(exc) if str(path) in str(exc) else f"{path}: {exc}", EXIT_INPUT) from None
+            text = f"{path}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CliError(text if str(path) in text else f"{path}: {text}", EXIT_INPUT) from None
 
     def check_output(path: str, inputs: tuple = ()) -> None:
         ext = Path(path).suffix.lower()

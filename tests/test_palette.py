@@ -366,6 +366,9 @@ def test_cli_learn_show_convert_encode(tmp_path, frames, capsys):
     assert main(["palette", "learn", str(tmp_path / "nothing"), "-o", str(tmp_path / "n.gpl")]) == 3
     assert main(["palette", "learn", str(folder), "-o", str(tmp_path / "n.txt")]) == 2
     capsys.readouterr()
+    (tmp_path / "dir.gpl").mkdir()
+    assert main(["palette", "show", str(tmp_path / "dir.gpl")]) == 3
+    assert capsys.readouterr().err == f"kquant: error: {tmp_path / 'dir.gpl'}: Is a directory\n"
 
     assert main(["palette", "show", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
