@@ -44,11 +44,16 @@ def _pixels(image: Any) -> np.ndarray:
     """The counted pixels of one image as (H, W, 3) uint8 RGB, or (N, 3) when transparent pixels are dropped.
 
     Pillow images: RGB as is; modes with alpha (RGBA, LA, PA, La, RGBa, and P with transparency or an RGBA
-    palette) go through RGBA and their fully transparent pixels (alpha 0) are left out; every other mode is
-    converted to RGB.
+    palette) go through RGBA and their fully transparent pixels (alpha 0) are left out; 16-bit, 32-bit and
+    float modes ("I;16", "I", "F") raise ``ValueError``; every other mode is converted to RGB.
     Arrays: (H, W, 3) uint8 RGB, or (H, W, 4) uint8 RGBA (alpha 0 left out).
     """
     if isinstance(image, Image.Image):
+        if image.mode.startswith(("I", "F")):  # Pillow's conversion to RGB would clip them to 0 or 255
+            raise ValueError(
+                f"image mode {image.mode!r} has more than 256 levels per channel (16-bit, 32-bit or float): "
+                "convert it to 'L' or 'RGB' first"
+            )
         has_alpha = "A" in image.getbands() or "a" in image.getbands()
         if image.mode == "P":  # transparency by index, or per entry in an RGBA palette (Image.quantize of RGBA)
             has_alpha = "transparency" in image.info or (image.palette is not None and image.palette.mode == "RGBA")
@@ -125,9 +130,9 @@ class PaletteLearner:
     inertia_ : int, total squared error (channel units^2) of the counted pixels against ``palette_``.
 
     ``partial_fit(image)`` counts one image: a Pillow image (RGB; modes with alpha drop their fully
-    transparent pixels; L, P and other modes are converted to RGB), an (H, W, 3) uint8 RGB array or an
-    (H, W, 4) uint8 RGBA array, or a path Pillow can open. ``fit(images)`` forgets what was counted and
-    counts an iterable of them.
+    transparent pixels; L, P and other 8-bit modes are converted to RGB, 16-bit/32-bit/float modes raise
+    ``ValueError``), an (H, W, 3) uint8 RGB array or an (H, W, 4) uint8 RGBA array, or a path Pillow can
+    open. ``fit(images)`` forgets what was counted and counts an iterable of them.
     """
 
     def __init__(self, k: int = 64, seed: int = 0) -> None:

@@ -126,6 +126,10 @@ def test_pillow_modes_and_transparency(frames):
     assert PaletteLearner(k=4).partial_fit(la).n_pixels_seen_ == learner.n_pixels_seen_
     p_rgba = rgba.quantize(16)  # a "P" image whose palette entries hold the alpha
     assert p_rgba.palette.mode == "RGBA" and "transparency" not in p_rgba.info
+    deep = Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)  # 16-bit grey: not clipped to 0/255
+    for img in (deep, deep.convert("I"), deep.convert("F")):
+        with pytest.raises(ValueError, match="more than 256 levels"):
+            PaletteLearner(k=4).partial_fit(img)
     visible = np.count_nonzero(np.asarray(p_rgba.convert("RGBA"))[:, :, 3])
     assert 0 < visible < rgb.shape[0] * rgb.shape[1]
     assert PaletteLearner(k=4).partial_fit(p_rgba).n_pixels_seen_ == visible
