@@ -22,7 +22,10 @@ INPUT_DIR (it is then never read); INPUT_DIR inside OUTPUT_DIR (or the same fold
 Resuming: ``OUTPUT_DIR/.kquant-batch-state.jsonl`` records, for every output written, the parameters, the
 input's size and modification time and the output's size and modification time. A later run skips an
 output whose record matches all of those (and, for ``.kq``, whose header reads back); anything else is
-encoded again, saying why. ``force=True`` encodes everything again. Outputs are written through a
+encoded again, saying why. Each output about to be written is first recorded as pending; an existing
+output file with no record at all was not written by a run of ours (say, a user's original PNG when decoding
+back into its folder): that file fails with a message and is left untouched. ``force=True`` encodes
+everything again and overwrites such files. Outputs are written through a
 temporary file and a rename, so an interrupted or killed run leaves no partial output; stray temporary
 files of ours (``.<name>.<random>.tmp``) are removed by the next run. A lock file stops two runs from
 writing into one OUTPUT_DIR at once (POSIX only).
@@ -360,9 +363,11 @@ def _redo_reason(task: _Task, rec: dict[str, Any] | None, params: dict[str, Any]
     """None when the output is complete and made from this input with these parameters, else why not."""
     out = _stat_key(task.output)
     if out is None:
-        return "new" if rec is None else "output deleted"
+        return "new" if rec is None or rec.get("pending") else "output deleted"
     if rec is None:
-        return "existing output not recorded as complete"
+        return NOT_OURS
+    if rec.get("pending"):
+        return "left unfinished by an interrupted run"
     if rec.get("params") != params:
         changed = sorted(k for k in set(params) | set(rec.get("params") or {}) if params.get(k) != rec["params"].get(k))
         return "made with other parameters (" + ", ".join(changed) + ")"
@@ -380,8 +385,17 @@ def _redo_reason(task: _Task, rec: dict[str, Any] | None, params: dict[str, Any]
     return None
 
 
+# An output file that no run of ours announced: never overwritten without --force (it may be a user's file,
+# e.g. the original PNGs when decoding back into the folder they came from).
+NOT_OURS = "exists and was not written by kquant batch (use --force to overwrite it)"
+
+
 class _State:
-    """Appends one JSON line per output written, so an interrupted run keeps what it finished."""
+    """Appends one JSON line per output written, so an interrupted run keeps what it finished.
+
+    Before any work starts, every output about to be written gets a "pending" line: an existing output with
+    no line at all was not made by a run of ours, and is left alone.
+    """
 
     def __init__(self, path: Path, records: dict[str, dict[str, Any]]) -> None:
         self.path = path
@@ -399,6 +413,14 @@ class _State:
         self.records[task.out_rel] = rec
         self._fh.write(json.dumps(rec) + "\n")
         self._fh.flush()
+
+    def add_pending(self, tasks: list[_Task]) -> None:
+        for task in tasks:
+            rec = {"out": task.out_rel, "src": task.rel, "pending": True}
+            self.records[task.out_rel] = rec
+            self._fh.write(json.dumps(rec) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())  # on disk before any output is: a crash cannot orphan an output
 
     def close(self, output_dir: Path) -> None:
         """Rewrite the file with one line per output that still exists (drops superseded lines)."""
@@ -748,6 +770,11 @@ def _run(
         if reason is None:
             summary.skipped += 1
             continue
+        if reason == NOT_OURS:
+            summary.failed += 1
+            summary.failures.append({"path": rel, "error": f"{out_rel} {NOT_OURS}"})
+            log(f"kquant: failed: {rel}: {out_rel} {NOT_OURS}")
+            continue
         if reason != "new":
             redone[reason] += 1
         todo.append(task)
@@ -755,6 +782,7 @@ def _run(
     for reason, count in sorted(redone.items()):
         log(f"kquant batch: converting {count} existing outputs again: {reason}")
     summary.not_started = len(todo)
+    state.add_pending(todo)
 
     from tqdm import tqdm
 

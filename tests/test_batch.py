@@ -170,6 +170,28 @@ def test_resume_skips_finished_outputs_and_redoes_changed_ones(tree, tmp_path):
     assert len(records) == 5 and {r["params"]["k"] for r in records} == {9}
 
 
+def test_files_not_written_by_a_batch_run_are_never_overwritten(tmp_path, china, capsys):
+    """Decoding back into the folder the originals came from must not replace the originals."""
+    orig = tmp_path / "orig"
+    orig.mkdir()
+    china.crop((0, 0, 60, 40)).save(orig / "a.png")
+    china.crop((60, 0, 120, 40)).save(orig / "b.png")
+    before = _files(orig)
+    assert _cli("batch", str(orig), str(tmp_path / "kq"), "-k", "4", "--no-progress") == 0
+    (tmp_path / "kq" / "extra.kq").write_bytes((tmp_path / "kq" / "a.kq").read_bytes())  # one new output too
+    code = _cli("batch", str(tmp_path / "kq"), str(orig), "--decode", "--no-progress")
+    assert code == 5  # some files failed
+    assert "a.png exists and was not written by kquant batch" in capsys.readouterr().err
+    after = _files(orig)
+    assert {p: after[p] for p in before} == before  # the originals are untouched
+    assert "extra.png" in after  # the output that did not exist was written
+    # Run again: still refused (and extra.png, recorded, is skipped); --force overwrites.
+    assert _cli("batch", str(tmp_path / "kq"), str(orig), "--decode", "--no-progress") == 5
+    assert _files(orig)["a.png"] == before["a.png"]
+    assert _cli("batch", str(tmp_path / "kq"), str(orig), "--decode", "--no-progress", "--force") == 0
+    assert _files(orig)["a.png"] != before["a.png"]
+
+
 def test_output_inside_input_is_never_read_and_input_inside_output_is_refused(tree, tmp_path, capsys):
     nested = tree / "kq"
     assert run_batch(tree, nested, k=4, progress=False).found == 5
@@ -255,8 +277,9 @@ def slow_tree(tmp_path_factory) -> Path:
 
 
 def _state_lines(out: Path) -> int:
+    """How many outputs the state file records as finished (not the "pending" lines written up front)."""
     try:
-        return len((out / STATE_NAME).read_text().splitlines())
+        return sum('"pending"' not in line for line in (out / STATE_NAME).read_text().splitlines())
     except FileNotFoundError:
         return 0
 
