@@ -18,7 +18,7 @@ from .imageio_plugin import register_imageio
 from .kq_plugin import KqImageFile
 from .kq_plugin import register as register_pillow
 from .metrics import absolute_error, error_report, l2_error, mse, psnr, squared_error
-from .palette import PaletteLearner, learn_palette
+from .palette import PaletteLearner, image_for_palette, learn_palette
 from .palette_files import read_palette, write_palette
 from .quantize import QuantizedImage, fit_image, quantize_image
 from .quantizer import MODES, KMeansQuantizer
@@ -48,6 +48,7 @@ __all__ = [
     "encode_image",
     "PaletteLearner",
     "learn_palette",
+    "image_for_palette",
     "read_palette",
     "write_palette",
     "register",

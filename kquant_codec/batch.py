@@ -208,8 +208,9 @@ def _encode_bytes(task: _Task) -> tuple[bytes, int]:
             out.save(buf, format="PNG", optimize=True)
             return buf.getvalue(), pixels
         options = dict(task.options)
-        if task.palette is not None:
+        if task.palette is not None:  # as `kquant encode --palette`: grey, CMYK, ... images converted to fit it
             options["palette"] = task.palette
+            return kq.encode_image(kq.image_for_palette(img, task.palette), **options), pixels
         return kq.encode_image(img, **options), pixels
 
 

@@ -114,7 +114,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.k is not None:
         options["k"] = args.k
     if args.palette is not None:  # a shared palette: every pixel its nearest palette colour, nothing learned
-        from kquant_codec.quantize import check_palette_options, palette_table_for
+        from kquant_codec.quantize import check_palette_options
 
         try:
             options["palette"] = kq.read_palette(args.palette)
@@ -125,7 +125,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(f"--palette: {exc}", EXIT_USAGE) from None
         try:
-            palette_table_for(img.mode, options["palette"])
+            img = kq.image_for_palette(img, options["palette"])  # e.g. a grey or CMYK photo, a colour palette
         except ValueError as exc:
             raise CliError(f"{args.input}: {exc}", EXIT_INPUT) from None
     size = _write_image(img, args.output, force=args.force, inputs=(args.input,), fmt="KQ", **options)

@@ -31,7 +31,7 @@ from PIL import Image
 from .kmeans_colour import fit_palette
 from .quantizer import check_k
 
-__all__ = ["PaletteLearner", "learn_palette", "colour_histogram"]
+__all__ = ["PaletteLearner", "learn_palette", "colour_histogram", "image_for_palette"]
 
 _STRIP_PIXELS = 1 << 20  # pixels counted per np.unique call: bounds the sort's temporaries (about 15 MB)
 _MIN_MERGE = 1 << 20  # pending distinct colours held before a merge, at least (12 MB)
@@ -255,3 +255,26 @@ def learn_palette(images: Iterable[Any], k: int = 64, seed: int = 0) -> np.ndarr
     (``PaletteLearner.partial_fit`` says what is counted). Raises ``ValueError`` when nothing is counted.
     """
     return PaletteLearner(k=k, seed=seed).fit(images).palette_
+
+
+# Modes converted for a colour palette by ``image_for_palette``, and what they become (alpha kept where there is one).
+_CONVERT_FOR_PALETTE = {"L": "RGB", "LA": "RGBA", "1": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+
+
+def image_for_palette(img: Image.Image, palette: Any) -> Image.Image:
+    """``img`` in a mode that ``palette`` ((m, 3) uint8 RGB) applies to, converting only when needed.
+
+    RGB, RGBA and P images, and L/LA images when every palette entry is grey, are returned as they are; other
+    8-bit modes ("1", L/LA with a colour palette, CMYK, YCbCr, LAB, HSV) are converted to RGB (RGBA from LA),
+    since their pixels can only take the palette's colours as RGB. For command-line tools, where the user
+    cannot convert first; the library's own ``palette=`` options refuse instead of changing a mode silently.
+    16-bit and float images raise ``ValueError`` (Pillow's conversion clips them).
+    """
+    table = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    grey = bool(((table[:, 0] == table[:, 1]) & (table[:, 1] == table[:, 2])).all())
+    if img.mode in ("RGB", "RGBA", "P") or (img.mode in ("L", "LA") and grey):
+        return img
+    target = _CONVERT_FOR_PALETTE.get(img.mode)
+    if target is None:
+        raise ValueError(f"a palette cannot be applied to image mode {img.mode!r} (16-bit or float samples)")
+    return img.convert(target)

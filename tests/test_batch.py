@@ -232,20 +232,20 @@ def test_shared_palette(tree, tmp_path, china):
     pal_file = tmp_path / "shared.gpl"
     kq.write_palette(pal_file, pal)
     out = tmp_path / "out"
-    (tree / "sub/deeper/grey.bmp").unlink()  # a colour palette does not apply to a grey image
     assert _cli("batch", str(tree), str(out), "--palette", str(pal_file), "--no-progress") == 0
     read_back = kq.read_palette(pal_file)
-    for rel in ["a.png", "sub/b.jpg", "sub/deeper/c.png", "pal.gif"]:
-        with Image.open(tree / rel) as img:
-            assert (out / Path(rel).with_suffix(".kq")).read_bytes() == kq.encode_image(img, palette=read_back)
+    for rel in ["a.png", "sub/b.jpg", "sub/deeper/c.png", "pal.gif", "sub/deeper/grey.bmp"]:
+        with Image.open(tree / rel) as img:  # the grey image is converted to RGB for the colour palette
+            expected = kq.encode_image(kq.image_for_palette(img, read_back), palette=read_back)
+            assert (out / Path(rel).with_suffix(".kq")).read_bytes() == expected
     with Image.open(out / "a.kq") as img:  # only palette colours
         colours = {c for _, c in img.convert("RGB").getcolors()}
         assert colours <= {tuple(int(v) for v in row) for row in pal}
-    assert run_batch(tree, out, palette=pal_file, progress=False).skipped == 4
+    assert run_batch(tree, out, palette=pal_file, progress=False).skipped == 5
     # Another palette is another parameter.
     kq.write_palette(pal_file, pal[:6], force=True)
     assert run_batch(tree, out, palette=pal_file, progress=False).redone == {
-        "made with other parameters (palette_sha256)": 4
+        "made with other parameters (palette_sha256)": 5
     }
     assert _cli("batch", str(tree), str(out), "--palette", str(pal_file), "-k", "8", "--no-progress") == 2
 

@@ -403,8 +403,31 @@ def test_cli_learn_show_convert_encode(tmp_path, frames, capsys):
     assert main(["encode", str(src), str(tmp_path / "k.kq"), "--palette", str(act), "-k", "3"]) == 2
     assert main(["encode", str(src), str(tmp_path / "m.kq"), "--palette", str(act), "--mode", "global"]) == 2
     assert main(["encode", str(src), str(tmp_path / "b.kq"), "--palette", str(tmp_path / "none.gpl")]) == 3
-    Image.open(src).convert("L").save(tmp_path / "grey.png")
-    assert main(["encode", str(tmp_path / "grey.png"), str(tmp_path / "g.kq"), "--palette", str(act)]) == 3
     err = capsys.readouterr().err
-    assert "k=3 is fewer" in err and "convert the image first" in err
-    assert not any((tmp_path / n).exists() for n in ("k.kq", "m.kq", "b.kq", "g.kq"))
+    assert "k=3 is fewer" in err
+    assert not any((tmp_path / n).exists() for n in ("k.kq", "m.kq", "b.kq"))
+    # A grey photo and a colour palette: the command line converts it (the user cannot), to RGB.
+    grey = Image.open(src).convert("L")
+    grey.save(tmp_path / "grey.png")
+    assert main(["encode", str(tmp_path / "grey.png"), str(tmp_path / "g.kq"), "--palette", str(act)]) == 0
+    with Image.open(tmp_path / "g.kq") as back:
+        assert back.mode == "RGB"
+        rgb = np.asarray(grey.convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(back), pal[brute_nearest(rgb, pal)])
+
+
+def test_image_for_palette_converts_only_what_a_palette_cannot_take(china_small):
+    colours = np.array([[0, 0, 0], [200, 30, 30], [255, 255, 255]], np.uint8)
+    greys = np.array([[0, 0, 0], [128, 128, 128]], np.uint8)
+    rgb = china_small
+    for img in (rgb, rgb.convert("RGBA"), rgb.quantize(16)):
+        assert kq.image_for_palette(img, colours) is img
+    grey = rgb.convert("L")
+    assert kq.image_for_palette(grey, greys) is grey  # a grey palette applies to L as it is
+    expected = {"L": "RGB", "LA": "RGBA", "1": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "HSV": "RGB"}
+    for mode, target in expected.items():
+        out = kq.image_for_palette(rgb.convert(mode), colours)
+        assert out.mode == target and out.size == rgb.size
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(rgb.convert(mode).convert(target)))
+    with pytest.raises(ValueError, match="16-bit or float"):
+        kq.image_for_palette(Image.new("I;16", (4, 4)), colours)
