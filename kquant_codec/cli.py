@@ -251,7 +251,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     print(f"{index}: report of {name}, {len(REPORT_FILES)} files, {time.perf_counter() - start:.1f} s")
-    return EXIT_OK  # REPORT-CMD
+    return EXIT_OK
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -275,7 +275,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if summary.interrupted:
         print("kquant: interrupted", file=sys.stderr)
         return exit_terminated if summary.interrupted == "SIGTERM" else EXIT_INTERRUPTED
-    return exit_some_failed if summary.failed else EXIT_OK  # BATCH-CMD
+    return exit_some_failed if summary.failed else EXIT_OK
 
 
 def cmd_palette(args: argparse.Namespace) -> int:
@@ -284,7 +284,7 @@ def cmd_palette(args: argparse.Namespace) -> int:
     learn: INPUTs are image files or folders (searched recursively for files with an image extension Pillow
     knows; hidden files skipped); every frame of a multi-frame file counts. An input that cannot be read
     is one warning line on stderr; exit 3 only when nothing at all could be read.
-    """  # PALETTE-CMD
+    """
     from kquant_codec.palette_files import READ_EXTENSIONS, WRITE_EXTENSIONS, read_palette, write_palette
     from kquant_codec.safe_write import OutputExistsError, check_output_path
 
@@ -439,7 +439,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-k", type=_k_value, nargs="+", default=[2, 8, 32, 256])
     demo.set_defaults(func=cmd_demo)
 
-    # REPORT-PARSER (owned by the report work)
     report = sub.add_parser("report", help="HTML report with figures for choosing k and mode")
     report.add_argument("input", nargs="?", help="image to report on (default: china.jpg from scikit-learn)")
     report.add_argument("-o", "--output", required=True, help="folder for index.html and the figures")
@@ -449,7 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     report.set_defaults(func=cmd_report)
 
-    # BATCH-PARSER (owned by the batch work)
     batch = sub.add_parser("batch", help="encode or decode every image under a folder, in parallel")
     batch.add_argument("input_dir", help="folder of images (searched recursively)")
     batch.add_argument("output_dir", help="folder for the outputs, same tree (a/b.png -> a/b.kq)")
@@ -465,7 +463,6 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     batch.set_defaults(func=cmd_batch)
 
-    # PALETTE-PARSER (owned by the palette work)
     palette = sub.add_parser("palette", help="shared palettes: learn from many images, convert, show")
     pal_sub = palette.add_subparsers(dest="palette_command", required=True, metavar="ACTION")
     pal_learn = pal_sub.add_parser("learn", help="learn one palette from many images (files or folders)")
