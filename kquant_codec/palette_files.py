@@ -15,7 +15,8 @@ Formats
   of an RGBA table is dropped, a grey table becomes grey RGB colours). A file stored as a PNG payload
   gives its distinct colours when it has at most 256. "global"/"channel" files hold per-channel
   intensity levels, not colours: ``ValueError``.
-- ``.png``, ``.gif`` (read only): the palette of a palette ("P") image, as Pillow reports it.
+- ``.png``, ``.gif`` (read only): the palette entries a palette ("P") image's pixels use, in index order
+  (not unused padding entries, nor a transparent key colour).
 
 Malformed files raise ``ValueError`` naming the file and what is wrong; a missing file raises the usual
 ``OSError``. Writes go through ``safe_write.atomic_output``: the file appears complete or not at all.
@@ -170,7 +171,7 @@ def _kq_palette(path: Path) -> np.ndarray:
 
 
 def _image_palette(path: Path) -> np.ndarray:
-    """The palette of a palette PNG or GIF, as Pillow reads it."""
+    """The used palette entries of a palette PNG or GIF (first frame), in index order: (m, 3) uint8."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -180,12 +181,19 @@ def _image_palette(path: Path) -> np.ndarray:
                     str(path),
                     f"image mode {img.mode!r} has no palette (learn one with `kquant palette learn` or learn_palette)",
                 )
-            entries = img.getpalette("RGB") or []
+            entries = np.array(img.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+            # Only the entries the pixels use, in index order: not a GIF's padding up to a power of two, nor
+            # the transparent key colour of a PNG/GIF (a colour no visible pixel has).
+            used = np.unique(np.asarray(img.convert("P") if img.mode == "PA" else img))
+            transparent = img.info.get("transparency")
+            if isinstance(transparent, int):
+                used = used[used != transparent]
+            entries = entries[used[used < len(entries)]]
     except (UnidentifiedImageError, SyntaxError) as exc:
         raise _fail(str(path), f"not a readable image: {exc}") from None
-    if not entries:
+    if not len(entries):
         raise _fail(str(path), "no colours")
-    return np.array(entries, dtype=np.uint8).reshape(-1, 3)[:_MAX_COLOURS]
+    return entries[:_MAX_COLOURS]
 
 
 # -- public entry points -----------------------------------------------------------------------------------
