@@ -131,8 +131,9 @@ class PaletteLearner:
 
     ``partial_fit(image)`` counts one image: a Pillow image (RGB; modes with alpha drop their fully
     transparent pixels; L, P and other 8-bit modes are converted to RGB, 16-bit/32-bit/float modes raise
-    ``ValueError``), an (H, W, 3) uint8 RGB array or an (H, W, 4) uint8 RGBA array, or a path Pillow can
-    open. ``fit(images)`` forgets what was counted and counts an iterable of them.
+    ``ValueError``), an (H, W, 3) uint8 RGB array or an (H, W, 4) uint8 RGBA array; not a path (the
+    caller opens files and picks their frames). ``fit(images)`` forgets what was counted and counts an
+    iterable of them.
     """
 
     def __init__(self, k: int = 64, seed: int = 0) -> None:
@@ -159,11 +160,10 @@ class PaletteLearner:
         self._check_params()
         if not hasattr(self, "_keys"):
             self._reset()
-        if isinstance(image, (str, os.PathLike)):
-            with Image.open(image) as opened:
-                pixels = _pixels(opened)
-        else:
-            pixels = _pixels(image)
+        if isinstance(image, (str, bytes, os.PathLike)):
+            # The learner knows pixels, not files: opening (and which frames of a file) is the caller's choice.
+            raise TypeError(f"partial_fit takes a Pillow image or a uint8 array, not a path ({image!r}): open it first")
+        pixels = _pixels(image)
         flat = pixels.reshape(-1, 3)
         for start in range(0, flat.shape[0], _STRIP_PIXELS):
             keys, counts = colour_histogram(flat[start : start + _STRIP_PIXELS])
@@ -251,8 +251,9 @@ class PaletteLearner:
 def learn_palette(images: Iterable[Any], k: int = 64, seed: int = 0) -> np.ndarray:
     """One palette of at most ``k`` colours for all ``images`` (streamed): (m, 3) uint8, rows sorted as tuples.
 
-    ``images``: any iterable of Pillow images, (H, W, 3) / (H, W, 4) uint8 arrays or image paths
-    (``PaletteLearner.partial_fit`` says what is counted). Raises ``ValueError`` when nothing is counted.
+    ``images``: any iterable of Pillow images or (H, W, 3) / (H, W, 4) uint8 arrays, e.g. a generator
+    that opens one file at a time (``PaletteLearner.partial_fit`` says what is counted). Raises
+    ``ValueError`` when nothing is counted.
     """
     return PaletteLearner(k=k, seed=seed).fit(images).palette_
 

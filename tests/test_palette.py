@@ -135,12 +135,12 @@ def test_pillow_modes_and_transparency(frames):
     assert PaletteLearner(k=4).partial_fit(p_rgba).n_pixels_seen_ == visible
 
 
-def test_paths_are_opened(tmp_path, frames):
-    paths = []
-    for i, f in enumerate(frames[:3]):
-        paths.append(tmp_path / f"f{i}.png")
-        Image.fromarray(f).save(paths[-1])
-    np.testing.assert_array_equal(learn_palette(paths, k=10), learn_palette(frames[:3], k=10))
+def test_paths_are_refused_the_learner_knows_no_files(tmp_path, frames):
+    path = tmp_path / "f.png"
+    Image.fromarray(frames[0]).save(path)
+    for given in (path, str(path)):
+        with pytest.raises(TypeError, match="open it first"):
+            learn_palette([given], k=4)
 
 
 def test_learner_errors(frames):
