@@ -625,6 +625,9 @@ def _core_count() -> int:
 
 def _load_palette(path: str | os.PathLike) -> np.ndarray:
     """The (m, 3) uint8 palette of a palette file (``kquant_codec.read_palette``: .gpl, .act, .kq, .png, .gif)."""
+    if not isinstance(path, (str, os.PathLike)):
+        # A file, not an array: its bytes are what the resume state records, so reruns know the palette.
+        raise BatchError(f"palette must be the path of a palette file, got {type(path).__name__}", "usage")
     try:
         return np.asarray(kq.read_palette(path), dtype=np.uint8)
     except FileNotFoundError:

@@ -222,6 +222,8 @@ def test_bad_parameters(tree, tmp_path):
         run_batch(tree, tmp_path / "o", mode="hsv")
     with pytest.raises(BatchError, match="palette"):
         run_batch(tree, tmp_path / "o", decode=True, palette="x.gpl")
+    with pytest.raises(BatchError, match="path of a palette file, got ndarray"):
+        run_batch(tree, tmp_path / "o", palette=np.zeros((2, 3), np.uint8))
     with pytest.raises(BatchError, match="-k"):
         run_batch(tree, tmp_path / "o", decode=True, k=8)
     assert _cli("batch", str(tree), str(tmp_path / "o"), "--jobs", "-2", "--no-progress") == cli.EXIT_USAGE
