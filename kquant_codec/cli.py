@@ -107,8 +107,14 @@ def _fmt_ratio(x: float) -> str:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     import kquant_codec as kq
+    from kquant_codec.pixels import SUPPORTED_MODES
 
     img = _open_input(args.input)
+    if img.mode not in SUPPORTED_MODES:  # an input problem (exit 3), not a failure to write the output
+        raise CliError(
+            f"{args.input}: cannot quantize image mode {img.mode!r}; supported: {', '.join(SUPPORTED_MODES)}",
+            EXIT_INPUT,
+        )
     start = time.perf_counter()
     options = {"mode": args.mode, "seed": args.seed, "alpha": args.alpha}
     if args.k is not None:

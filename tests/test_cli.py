@@ -94,6 +94,7 @@ def test_never_writes_onto_its_input(tmp_path, photo):
     [
         (("encode", "missing.png", "x.kq"), 3),
         (("encode", "notimage.txt", "x.kq"), 3),
+        (("encode", "deep.png", "x.kq", "-k", "8"), 3),  # 16-bit: an input the quantizer cannot take
         (("info", "notimage.txt"), 3),
         (("encode", "photo.png", "x.kq", "-k", "300"), 2),
         (("encode", "photo.png", "x.kq", "--mode", "lab"), 2),
@@ -103,6 +104,7 @@ def test_never_writes_onto_its_input(tmp_path, photo):
 )
 def test_errors_are_one_line_with_distinct_codes(tmp_path, photo, args, code):
     (tmp_path / "notimage.txt").write_text("hello")
+    Image.new("I;16", (8, 8), 4000).save(tmp_path / "deep.png")
     r = run(*args, cwd=tmp_path)
     assert r.returncode == code, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
