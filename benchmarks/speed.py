@@ -1,6 +1,6 @@
 """Speed, memory and quality at scale (issue 5): kquant_codec next to pngquant, Pillow and MiniBatchKMeans.
 
-    python benchmarks/speed.py [--quick] [--cap SECONDS] [--keep DIR]      (or: make bench)
+    python benchmarks/speed.py [--quick] [--cap SECONDS] [--keep DIR] [--small-only K ...]   (or: make bench)
 
 Test images are made here from the sample photos bundled with scikit-learn (china, flower), plus, when
 scikit-image is installed, five of its bundled photos for the quality table: the photos at their own
@@ -553,6 +553,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short run: fewer photos, sizes and k")
     parser.add_argument("--cap", type=float, default=30.0, help="seconds before MiniBatchKMeans is stopped")
     parser.add_argument("--keep", type=Path, help="directory to keep the test images in (default: temporary)")
+    parser.add_argument(
+        "--small-only",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="only the 0.27 MP photo table (quality and time against pngquant), at these k",
+    )
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -580,6 +587,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         photos = sample_photos(args.quick)
+        if args.small_only:
+            quality_table(photos, tuple(args.small_only), have_pq, work)
+            return
         quality = quality_table(photos, (2, 16, 256) if args.quick else KS_QUALITY, have_pq, work)
 
         plan = {1: (16, 256), 12: (256,)} if args.quick else {1: (16, 256), 12: (16, 256), 24: (256,)}
