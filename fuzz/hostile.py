@@ -134,10 +134,7 @@ def native_la_alpha(width: int, height: int, codec: int, alpha_stream: bytes) ->
 
 def png_payload(mode: str, width: int, height: int, png: bytes) -> bytes:
     """A PNG-payload file of ``mode`` and size carrying ``png`` as it is."""
-    header = c.KqHeader(
-        width=width, height=height, image_mode=mode, payload="png", quant_mode=None, channels=0, label_length=len(png)
-    )
-    return c.pack_file(header, png)
+    return c.pack_file(c.png_payload_header(width, height, mode, len(png)), png)
 
 
 def png_chunk(kind: bytes, body: bytes) -> bytes:

@@ -89,15 +89,7 @@ def _png_file(img: Image.Image, png_source: Image.Image) -> bytes:
     buf = io.BytesIO()
     png_source.save(buf, format="PNG")
     png = buf.getvalue()
-    header = c.KqHeader(
-        width=img.width,
-        height=img.height,
-        image_mode=img.mode,
-        payload="png",
-        quant_mode=None,
-        channels=0,
-        label_length=len(png),
-    )
+    header = c.png_payload_header(img.width, img.height, img.mode, len(png))
     return c.pack_file(header, png)
 
 

@@ -464,6 +464,19 @@ def unpack_header(data: bytes) -> KqHeader:
 # -- whole files ---------------------------------------------------------------------------------
 
 
+def png_payload_header(width: int, height: int, image_mode: str, png_length: int) -> KqHeader:
+    """The header of a file whose payload is a PNG of ``png_length`` bytes (spec: PNG payload); not validated."""
+    return KqHeader(
+        width=width,
+        height=height,
+        image_mode=image_mode,
+        payload="png",
+        quant_mode=None,
+        channels=0,
+        label_length=png_length,
+    )
+
+
 def pack_file(header: KqHeader, label_stream: bytes, alpha_stream: bytes = b"") -> bytes:
     """Assemble a file from a header (whose lengths must match the streams) and the stored streams."""
     if header.label_length != len(label_stream) or header.alpha_length != len(alpha_stream):

@@ -41,6 +41,7 @@ from .container import (
     labels_to_stream,
     pack_file,
     plane_depth,
+    png_payload_header,
 )
 from .decoder import png_payload_image
 from .pixels import SUPPORTED_MODES, as_palette_image, few_colours, split_image
@@ -463,15 +464,7 @@ def _png_candidate(
             continue
         streams.append(buf.getvalue())
     for png in sorted(streams, key=len):
-        header = KqHeader(
-            width=img.width,
-            height=img.height,
-            image_mode=img.mode,
-            payload="png",
-            quant_mode=None,
-            channels=0,
-            label_length=len(png),
-        )
+        header = png_payload_header(img.width, img.height, img.mode, len(png))
         try:
             header.validate()
             back = png_payload_image(header, png)
