@@ -275,6 +275,20 @@ def test_kq_info_reports_header_facts(tmp_path, china_small):
         assert kq.kq_info(fp) == info
 
 
+def test_repetitive_labels_get_lzma2_photos_codec_3(china):
+    """The encoder's slow-codec gate: a tiled image (LZMA2 finds the repeats, codec 3 does not) is stored with
+    LZMA2 and is smaller than its codec-3 layout; a photo keeps codec 3, which beat LZMA2 9e on every photo."""
+    tile = np.asarray(china)[:48, :40]
+    tiled = Image.fromarray(np.tile(tile, (5, 7, 1))).filter(kq.KMeansQuantize(16))
+    data = encode_image(tiled, fallback=False)
+    info = kq.kq_info(data)
+    assert info.codec == "lzma2"
+    decoded = kq.read_kq(data)
+    assert len(c.labels_to_context_stream(decoded.labels, decoded.header)) > decoded.header.label_length
+    photo = china.filter(kq.KMeansQuantize(16))
+    assert kq.kq_info(encode_image(photo)).codec == "context"
+
+
 # -- Pillow conventions --------------------------------------------------------------------------
 
 
