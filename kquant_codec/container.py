@@ -41,6 +41,7 @@ __all__ = [
     "CODEC_ZLIB",
     "CODEC_LZMA2",
     "CODEC_CONTEXT",
+    "CODEC_PREDICTIVE",
     "CODEC_NAMES",
     "header_length",
     "unpack_header",
@@ -59,6 +60,8 @@ __all__ = [
     "plane_keys",
     "labels_to_context_stream",
     "context_stream_to_labels",
+    "labels_to_predictive_stream",
+    "predictive_stream_to_labels",
 ]
 
 
@@ -107,7 +110,15 @@ CODEC_STORED = 0
 CODEC_ZLIB = 1
 CODEC_LZMA2 = 2
 CODEC_CONTEXT = 3  # label streams only: the context-modelling coder (``label_coder``, spec section 16)
-CODEC_NAMES = {CODEC_STORED: "stored", CODEC_ZLIB: "zlib", CODEC_LZMA2: "lzma2", CODEC_CONTEXT: "context"}
+# label streams of global/channel layouts only (sorted tables): the predictive coder (``predictive_coder``, section 17)
+CODEC_PREDICTIVE = 4
+CODEC_NAMES = {
+    CODEC_STORED: "stored",
+    CODEC_ZLIB: "zlib",
+    CODEC_LZMA2: "lzma2",
+    CODEC_CONTEXT: "context",
+    CODEC_PREDICTIVE: "predictive",
+}
 _RESERVED_CODECS: dict[int, str] = {}
 
 _LZMA_MAX_DICT = 1 << 26
@@ -334,6 +345,12 @@ def _check_fields(h: KqHeader) -> None:
         raise _fail("codec 3 (context) codes label planes only, not the alpha stream")
     if h.label_codec == CODEC_CONTEXT and h.packed:
         raise _fail("a label stream with codec 3 (context) must have packing 0")
+    if h.alpha_codec == CODEC_PREDICTIVE:
+        raise _fail("codec 4 (predictive) codes label planes only, not the alpha stream")
+    if h.label_codec == CODEC_PREDICTIVE and h.packed:
+        raise _fail("a label stream with codec 4 (predictive) must have packing 0")
+    if h.label_codec == CODEC_PREDICTIVE and h.quant_mode == "rgb":
+        raise _fail("codec 4 (predictive) codes sorted level tables only: not allowed in rgb quantization mode")
     used = 1 if h.quant_mode in ("rgb", "global") else h.channels
     if len(sizes) > 4 or any(not 1 <= s <= 256 for s in sizes[:used]) or any(sizes[used:]) or len(sizes) < used:
         raise _fail(f"invalid table sizes {sizes} for {h.quant_mode} mode with {h.channels} channel(s)")
@@ -516,6 +533,8 @@ def decode_payload(header: KqHeader, payload: bytes) -> tuple[np.ndarray, np.nda
     label_stream, alpha_stream = split_payload(header, payload)
     if header.label_codec == CODEC_CONTEXT:
         labels = context_stream_to_labels(label_stream, header)
+    elif header.label_codec == CODEC_PREDICTIVE:
+        labels = predictive_stream_to_labels(label_stream, header)
     else:
         raw = decompress(label_stream, header.label_codec, header.label_raw_length, "label stream")
         labels = stream_to_labels(raw, header)
@@ -586,6 +605,8 @@ def decompress(data: bytes, codec: int, size: int, what: str = "stream") -> byte
             leftover = d.unused_data
         elif codec == CODEC_CONTEXT:
             raise _fail(f"{what}: codec 3 (context) decodes label planes with the header (decode_payload)")
+        elif codec == CODEC_PREDICTIVE:
+            raise _fail(f"{what}: codec 4 (predictive) decodes label planes with the header (decode_payload)")
         else:
             _check_codec(codec, what)
             raise AssertionError("unreachable")
@@ -724,4 +745,39 @@ def context_stream_to_labels(stream: bytes, header: KqHeader) -> np.ndarray:
             raise _fail(f"label {top} in plane {index} points past its {m}-entry centroid table")
     if header.quant_mode == "rgb":
         return planes[0]
+    return np.stack(planes, axis=2)
+
+
+# -- codec 4: the predictive coder of sorted label planes ------------------------------------------------
+
+
+def labels_to_predictive_stream(labels: np.ndarray, header: KqHeader) -> bytes:
+    """Labels (quantizer layout, (H, W, C)) of a global/channel header -> a codec-4 label stream (section 17).
+
+    Imports numba (``predictive_coder``) on first use. Raises ``ValueError`` for an rgb header: codec 4 needs
+    tables sorted ascending, which only the global and channel layouts guarantee.
+    """
+    from . import predictive_coder
+
+    if header.quant_mode not in ("global", "channel"):
+        raise ValueError("codec 4 (predictive) codes global and channel layouts only")
+    labels = np.asarray(labels, dtype=np.uint8)
+    planes = [labels[:, :, c] for c in range(labels.shape[2])]
+    return predictive_coder.encode_label_planes(planes, list(header.plane_tables))
+
+
+def predictive_stream_to_labels(stream: bytes, header: KqHeader) -> np.ndarray:
+    """A codec-4 label stream -> (H, W, C) labels. Raises ``KqFormatError`` for any corrupt stream."""
+    from . import predictive_coder
+
+    if header.quant_mode not in ("global", "channel"):
+        raise _fail("codec 4 (predictive) is not allowed in rgb quantization mode")
+    try:
+        planes = predictive_coder.decode_label_planes(stream, header.height, header.width, list(header.plane_tables))
+    except ValueError as exc:
+        raise _fail(f"label stream is corrupt (predictive coder: {exc})") from exc
+    for index, (plane, m) in enumerate(zip(planes, header.plane_tables, strict=True)):
+        top = int(plane.max())
+        if top >= m:  # cannot happen for a conforming decoder; kept as the container's own guarantee
+            raise _fail(f"label {top} in plane {index} points past its {m}-entry centroid table")
     return np.stack(planes, axis=2)

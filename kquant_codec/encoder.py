@@ -356,12 +356,18 @@ def _header_for(img: Image.Image, layout: _Layout) -> KqHeader:
 def _native_candidates(
     img: Image.Image, quant_pref: str | None, alpha_pref: str | None, fitted: QuantizedImage | None = None
 ) -> list[bytes]:
+    from .container import CODEC_PREDICTIVE, labels_to_predictive_stream
+
     files = []
     alpha_streams: dict[int, tuple[int, bytes]] = {}
     for layout, streams in _shortlist(img, _layouts(img, quant_pref, alpha_pref, fitted)):
         narrow = max(layout.table_sizes) <= 16
         context = labels_to_context_stream(layout.labels, _header_for(img, layout))
         best_labels = (False, CODEC_CONTEXT, context)
+        if layout.quant_mode in ("global", "channel"):  # codec 4 needs sorted tables; ties go to codec 3
+            predictive = labels_to_predictive_stream(layout.labels, _header_for(img, layout))
+            if len(predictive) < len(context):
+                best_labels = (False, CODEC_PREDICTIVE, predictive)
         # zlib 9 and LZMA2 9e cost several times codec 3's time; try them only when a quick LZMA2 preset-1
         # probe of one packing (the packed one when there is one: its probe was the smaller in every case
         # measured, and it is the quicker) says they could win (``_LZMA_GAIN``). Then both packings get them:

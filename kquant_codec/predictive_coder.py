@@ -1,0 +1,752 @@
+"""Codec 4 of ``.kq``: a predictive coder for sorted label planes (spec section 17).
+
+    stream = encode_label_planes(planes)                  # planes: list of (H, W) uint8, labels of sorted tables
+    planes = decode_label_planes(stream, h, w, sizes)     # raises ValueError
+
+For the global and channel quantization modes, whose tables are sorted ascending, so that a label plane is a
+grey image: each label is predicted as a blend of simple predictors (W, N, W + N - NW, W + NE - N and, on
+planes after the first, the same predictors applied to the difference with the previous plane), each weighted
+by the inverse square of its recent error around the pixel; the blend is corrected by a per-context bias, and
+the residual is coded as bit length, top mantissa bit, raw low bits and sign with adaptive models feeding the
+rANS coder of codec 3 (spec 16.8). A row whose residuals are all zero costs one binary symbol. Units: labels
+(0 .. m-1); predictions are kept with 3 fractional bits. Stripes of rows are coded independently.
+
+One numba kernel serves encoder and decoder, so the models cannot drift apart. Importing this module imports
+numba; the container imports it on first use only.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit
+
+from .label_coder import (
+    RCP,
+    _adapt,
+    _map_stripes,
+    _notice_first_compile,
+    _push,
+    _rans_encode,
+    _read_uvarint,
+    _uvarint,
+)
+
+__all__ = ["encode_plane", "decode_plane", "encode_label_planes", "decode_label_planes", "STREAM_VERSION"]
+
+STREAM_VERSION = 1
+FLAG_REF = 1  # planes after the first: the previous plane is the reference plane
+
+PREC = 15
+TOT = 1 << PREC
+RANS_L = 1 << 16
+MAX_STRIPE_ROWS = 1 << 16
+DEFAULT_STRIPE_PIXELS = 1 << 21
+
+NBASE = 6
+NPRED = 12  # sub-predictors (NBASE without a reference plane)
+EMAX = 1023  # error sums are clamped to this before the weight lookup
+NB = 9  # magnitude bucket alphabet: bitlen(|r|), 0..8
+ACT_T = (1, 2, 3, 4, 6, 8, 11, 15, 20, 27, 36, 48, 64, 90, 128)
+NACT = len(ACT_T) + 1  # activity classes
+ACT_Q = np.array([sum(e >= t for t in ACT_T) for e in range(1024)], dtype=np.int32)
+NREFQ = 4  # reference residual classes
+NBIAS = 125 * 3  # bias contexts
+BIAS_RESET = 32
+BIAS_MAX = 1023
+NACTX = NACT * NREFQ  # magnitude contexts A (plus one: the pixel that ends a run)
+NBCTX = NACT * NACT  # magnitude contexts B (plus one, the same)
+NRUN = 26  # run tokens: 0 = to the end of the row, t = bitlen(L) + 1 (L < 2^24)
+
+# weight of a sub-predictor whose error sum is e: 2^24 // (e + 1)^2 (always >= 16)
+WTAB = np.array([(1 << 24) // ((e + 1) * (e + 1)) for e in range(EMAX + 1)], dtype=np.int64)
+
+_OK = 0
+_ERR_EOF = 1
+_ERR_SYM = 2
+_ERR_FINAL = 3
+_STATUS = {_ERR_EOF: "ran out of words", _ERR_SYM: "impossible symbol", _ERR_FINAL: "does not end exactly"}
+
+
+@njit(cache=True, inline="always")
+def _bitlen(v):
+    b = 0
+    while v > 0:
+        b += 1
+        v >>= 1
+    return b
+
+
+@njit(cache=True, inline="always")
+def _clamp(v, lo, hi):
+    return lo if v < lo else (hi if v > hi else v)
+
+
+@njit(cache=True, inline="always")
+def _q5(d):
+    if d < -2:
+        return 0
+    if d < 0:
+        return 1
+    if d == 0:
+        return 2
+    if d <= 2:
+        return 3
+    return 4
+
+
+@njit(cache=True, inline="always")
+def _sgn3(v):
+    return 0 if v == 0 else (1 if v > 0 else 2)
+
+
+@njit(cache=True, inline="always")
+def _init_model(q, n):
+    t = TOT - n
+    for c in range(q.shape[0]):
+        for i in range(n + 1):
+            q[c, i] = (t * i) // n
+
+
+@njit(cache=True, inline="always")
+def _code_sym(dec, q, c, n, s, x, pos, words, w1, st, fr, k):
+    """One symbol under the reduced CDF q[c] over n symbols: decode it (dec) or record s (encoder).
+    Returns (s, x, pos, st, fr, k, ok); ok is False when the decoder runs out of words."""
+    if dec:
+        slot = x & (TOT - 1)
+        s = 0
+        for i in range(1, n):
+            if q[c, i] + i <= slot:
+                s = i
+    start = np.int64(q[c, s]) + s
+    freq = np.int64(q[c, s + 1]) - np.int64(q[c, s]) + 1
+    if dec:
+        x = freq * (x >> PREC) + (x & (TOT - 1)) - start
+        if x < RANS_L:
+            if pos >= w1:
+                return s, x, pos, st, fr, k, False
+            x = (x << 16) | np.int64(words[pos])
+            pos += 1
+    else:
+        st, fr = _push(st, fr, k, start, freq)
+        k += 1
+    return s, x, pos, st, fr, k, True
+
+
+@njit(cache=True, inline="always")
+def _code_raw(dec, v, nb, x, pos, words, w1, st, fr, k):
+    """nb (1..15) raw bits of v. Returns (v, x, pos, st, fr, k, ok)."""
+    sh = PREC - nb
+    if dec:
+        slot = x & (TOT - 1)
+        v = slot >> sh
+        x = (np.int64(1) << sh) * (x >> PREC) + slot - (v << sh)
+        if x < RANS_L:
+            if pos >= w1:
+                return v, x, pos, st, fr, k, False
+            x = (x << 16) | np.int64(words[pos])
+            pos += 1
+    else:
+        st, fr = _push(st, fr, k, v << sh, np.int64(1) << sh)
+        k += 1
+    return v, x, pos, st, fr, k, True
+
+
+@njit(cache=True, inline="always")
+def _code_residual(
+    dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qm, qt, ct, qs, cs, x, pos, words, w1, st, fr, k
+):
+    """The residual r = label - p (p in 0..mx): magnitude bucket (two models mixed), top mantissa bit, raw low
+    bits, then the sign when both signs are possible. Returns (r, x, pos, st, fr, k, status)."""
+    a = r if r >= 0 else -r
+    b = _bitlen(a)
+    wv = np.int64(wb[actx])
+    for i in range(NB + 1):
+        qm[0, i] = ((4096 - wv) * qb[actx, i] + wv * qb2[bctx, i]) >> 12
+    b, x, pos, st, fr, k, ok = _code_sym(dec, qm, 0, NB, b, x, pos, words, w1, st, fr, k)
+    if not ok:
+        return 0, x, pos, st, fr, k, _ERR_EOF
+    fm = qm[0, b + 1] - qm[0, b] + 1
+    f1 = np.int64(qb[actx, b + 1] - qb[actx, b] + 1)
+    f2 = np.int64(qb2[bctx, b + 1] - qb2[bctx, b] + 1)
+    wv += ((f2 - f1) * RCP[fm >> 5]) >> 16
+    wb[actx] = _clamp(wv, 64, 4032)
+    _adapt(qb, cb, actx, NB, b)
+    _adapt(qb2, cb2, bctx, NB, b)
+    if b >= 2:
+        nb = b - 2
+        t = (a >> nb) & 1
+        t, x, pos, st, fr, k, ok = _code_sym(dec, qt, b, 2, t, x, pos, words, w1, st, fr, k)
+        if not ok:
+            return 0, x, pos, st, fr, k, _ERR_EOF
+        _adapt(qt, ct, b, 2, t)
+        raw = 0
+        if nb > 0:
+            raw, x, pos, st, fr, k, ok = _code_raw(dec, a & ((1 << nb) - 1), nb, x, pos, words, w1, st, fr, k)
+            if not ok:
+                return 0, x, pos, st, fr, k, _ERR_EOF
+        a = (1 << (b - 1)) | (t << nb) | raw
+    else:
+        a = b
+    if a == 0:
+        return 0, x, pos, st, fr, k, _OK
+    up = a <= mx - p
+    dn = a <= p
+    if up and dn:
+        sg = 1 if r < 0 else 0
+        sg, x, pos, st, fr, k, ok = _code_sym(dec, qs, sctx, 2, sg, x, pos, words, w1, st, fr, k)
+        if not ok:
+            return 0, x, pos, st, fr, k, _ERR_EOF
+        _adapt(qs, cs, sctx, 2, sg)
+        return (-a if sg else a), x, pos, st, fr, k, _OK
+    if up:
+        return a, x, pos, st, fr, k, _OK
+    if dn:
+        return -a, x, pos, st, fr, k, _OK
+    return 0, x, pos, st, fr, k, _ERR_SYM
+
+
+@njit(cache=True, inline="always")
+def _code_run(dec, L, left, rctx, qr, cr, x, pos, words, w1, st, fr, k):
+    """A run of L zero residuals starting here, 0 <= L <= left (pixels left in the row, this one included):
+    token 0 = to the end of the row, else bitlen(L) + 1, then the low bitlen(L) - 1 bits of L raw (more than 15
+    in two parts, the high part first). Returns (L, x, pos, st, fr, k, status)."""
+    t = 0 if L == left else _bitlen(L) + 1
+    t, x, pos, st, fr, k, ok = _code_sym(dec, qr, rctx, NRUN, t, x, pos, words, w1, st, fr, k)
+    if not ok:
+        return 0, x, pos, st, fr, k, _ERR_EOF
+    _adapt(qr, cr, rctx, NRUN, t)
+    if t == 0:
+        return left, x, pos, st, fr, k, _OK
+    if t <= 2:
+        L = t - 1
+    else:
+        nb = t - 2
+        low = L & ((1 << nb) - 1)
+        if nb > 15:
+            hi, x, pos, st, fr, k, ok = _code_raw(dec, low >> 15, nb - 15, x, pos, words, w1, st, fr, k)
+            if not ok:
+                return 0, x, pos, st, fr, k, _ERR_EOF
+            lo, x, pos, st, fr, k, ok = _code_raw(dec, low & 0x7FFF, 15, x, pos, words, w1, st, fr, k)
+            low = (hi << 15) | lo
+        else:
+            low, x, pos, st, fr, k, ok = _code_raw(dec, low, nb, x, pos, words, w1, st, fr, k)
+        if not ok:
+            return 0, x, pos, st, fr, k, _ERR_EOF
+        L = (1 << nb) | low
+    if L >= left:
+        return 0, x, pos, st, fr, k, _ERR_SYM
+    return L, x, pos, st, fr, k, _OK
+
+
+@njit(cache=True, nogil=True)
+def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_ref):
+    """Code one stripe. lab: (S, W) uint8 labels (encoder); out: (S, W) uint8 (decoder); res_out: (S, W) int16
+    residuals (both sides; the next plane's reference residuals). words[w0:w1]: the decoder's words.
+    Returns (status, st, fr, nsym)."""
+    numba.literally(dec)
+    H = out.shape[0] if dec else lab.shape[0]
+    W = out.shape[1] if dec else lab.shape[1]
+    npred = NPRED if has_ref else NBASE
+    mx = m - 1
+    P = np.zeros((H + 1, W + 4), np.int32)  # labels, row r+1 = stripe row r, column c+2 = image column c
+    Q = np.zeros((H + 1, W + 4), np.int32)  # reference labels, same layout
+    R = np.zeros((2, W + 2), np.int32)  # residuals of the previous and current row, column c+1
+    E = np.zeros((2, W + 4, NPRED), np.int32)  # sub-predictor errors, column c+2
+    pr = np.zeros(NPRED, np.int64)
+    # models
+    qb = np.empty((NACTX + 1, NB + 1), np.int32)
+    cb = np.zeros(NACTX + 1, np.uint8)
+    _init_model(qb, NB)
+    qb2 = np.empty((NBCTX + 1, NB + 1), np.int32)
+    cb2 = np.zeros(NBCTX + 1, np.uint8)
+    _init_model(qb2, NB)
+    wb = np.full(NACTX + 1, 2048, np.int32)
+    qm = np.zeros((1, NB + 1), np.int64)
+    qt = np.empty((NB, 3), np.int32)
+    ct = np.zeros(NB, np.uint8)
+    _init_model(qt, 2)
+    qs = np.empty((27, 3), np.int32)
+    cs = np.zeros(27, np.uint8)
+    _init_model(qs, 2)
+    qf = np.empty((2, 3), np.int32)
+    cf = np.zeros(2, np.uint8)
+    _init_model(qf, 2)
+    qr = np.empty((2, NRUN + 1), np.int32)
+    cr = np.zeros(2, np.uint8)
+    _init_model(qr, NRUN)
+    bB = np.zeros(NBIAS, np.int32)
+    bN = np.ones(NBIAS, np.int32)
+    bC = np.zeros(NBIAS, np.int32)
+    # encoder row buffers
+    rb_r = np.zeros(W + 1, np.int32)
+    rb_p = np.zeros(W, np.int32)
+    rb_a = np.zeros(W, np.int32)
+    rb_s = np.zeros(W, np.int32)
+    rb_b = np.zeros(W, np.int32)
+    rb_z = np.zeros(W, np.uint8)
+
+    st = np.empty(16 if dec else 2 * H * W + 2 * H + 16, np.uint16)
+    fr = np.empty(st.shape[0], np.uint32)
+    k = 0
+    x = np.int64(0)
+    pos = w0
+    if dec:
+        if w1 - w0 < 2:
+            return _ERR_EOF, st, fr, 0
+        x = (np.int64(words[pos]) << 16) | np.int64(words[pos + 1])
+        pos += 2
+        if x < RANS_L:
+            return _ERR_SYM, st, fr, 0
+    prevflag = 0
+    for y in range(H):
+        r0 = y + 1
+        P[r0, 0] = P[r0 - 1, 2]
+        P[r0, 1] = P[r0 - 1, 2]
+        P[r0 - 1, W + 2] = P[r0 - 1, W + 1]
+        P[r0 - 1, W + 3] = P[r0 - 1, W + 1]
+        if has_ref:
+            for xc in range(W):
+                Q[r0, xc + 2] = ref[y, xc]
+            Q[r0, 0] = Q[r0 - 1, 2]
+            Q[r0, 1] = Q[r0 - 1, 2]
+            Q[r0 - 1, W + 2] = Q[r0 - 1, W + 1]
+            Q[r0 - 1, W + 3] = Q[r0 - 1, W + 1]
+        cur = y & 1
+        prv = cur ^ 1
+        flag = 0
+        if dec:
+            flag, x, pos, st, fr, k, ok = _code_sym(dec, qf, prevflag, 2, 0, x, pos, words, w1, st, fr, k)
+            if not ok:
+                return _ERR_EOF, st, fr, 0
+            _adapt(qf, cf, prevflag, 2, flag)
+        allzero = True
+        run_left = 0
+        after = False
+        for xc in range(W):
+            c0 = xc + 2
+            Wv = P[r0, c0 - 1]
+            if y == 0:
+                Nv = Wv
+                NWv = Wv
+                NEv = Wv
+            else:
+                Nv = P[r0 - 1, c0]
+                NWv = P[r0 - 1, c0 - 1]
+                NEv = P[r0 - 1, c0 + 1]
+            pr[0] = Wv
+            pr[1] = Nv
+            pr[2] = _clamp(Wv + Nv - NWv, 0, mx)
+            pr[3] = _clamp(Wv + NEv - Nv, 0, mx)
+            pr[4] = (Wv + Nv + 1) >> 1
+            pr[5] = (Nv + NEv + 1) >> 1
+            uerr = 0
+            if has_ref:
+                u = Q[r0, c0]
+                uW = Q[r0, c0 - 1]
+                if y == 0:
+                    uN = uW
+                    uNW = uW
+                    uNE = uW
+                else:
+                    uN = Q[r0 - 1, c0]
+                    uNW = Q[r0 - 1, c0 - 1]
+                    uNE = Q[r0 - 1, c0 + 1]
+                pr[6] = _clamp(u + Wv - uW, 0, mx)
+                pr[7] = _clamp(u + Nv - uN, 0, mx)
+                pr[8] = _clamp(u + (Wv + Nv - NWv) - (uW + uN - uNW), 0, mx)
+                pr[9] = _clamp(u + (Wv + NEv - Nv) - (uW + uNE - uN), 0, mx)
+                pr[10] = _clamp(u + ((Wv + Nv - uW - uN) >> 1), 0, mx)
+                pr[11] = _clamp(u + ((Nv + NEv - uN - uNE) >> 1), 0, mx)
+                uerr = np.int32(refres[y, xc])
+            # blend: weights from the error sums around the pixel
+            sw = np.int64(0)
+            sp = np.int64(0)
+            mine = EMAX
+            for i in range(npred):
+                e = E[cur, c0 - 1, i] + E[prv, c0, i] + E[prv, c0 - 1, i] + E[prv, c0 + 1, i] + E[cur, c0 - 2, i]
+                if e > EMAX:
+                    e = EMAX
+                if e < mine:
+                    mine = e
+                wi = WTAB[e]
+                sw += wi
+                sp += wi * pr[i]
+            pred8 = (sp * 8 + (sw >> 1)) // sw
+            # bias correction
+            bc = ((_q5(Nv - NWv) * 5 + _q5(Wv - NWv)) * 5 + _q5(NEv - Nv)) * 3 + _sgn3(uerr)
+            pc = _clamp(pred8 + bC[bc], 0, 8 * mx)
+            p = (pc + 4) >> 3
+            # coding contexts
+            rW = R[cur, xc]
+            rN = R[prv, xc + 1]
+            rNW = R[prv, xc]
+            rNE = R[prv, xc + 2]
+            ee = abs(rW) + abs(rN) + abs(rNW) + abs(rNE)
+            act = ACT_Q[ee if ee < 1024 else 1023]
+            au = abs(uerr)
+            rq = 0 if au == 0 else (1 if au <= 2 else (2 if au <= 6 else 3))
+            actx = act * NREFQ + rq
+            bctx = ACT_Q[mine] * NACT + act
+            sctx = (_sgn3(rW) * 3 + _sgn3(rN)) * 3 + _sgn3(uerr)
+            if dec:
+                r = 0
+                if flag:
+                    pass
+                elif run_left > 0:
+                    run_left -= 1
+                else:
+                    brk = after
+                    after = False
+                    status = _OK
+                    if not brk and ee == 0:
+                        L, x, pos, st, fr, k, status = _code_run(
+                            dec, 0, W - xc, 1 if xc == 0 else 0, qr, cr, x, pos, words, w1, st, fr, k
+                        )
+                        if status != _OK:
+                            return status, st, fr, 0
+                        if L == 0:
+                            brk = True
+                        else:
+                            run_left = L - 1
+                            after = xc + L < W
+                    if brk:
+                        r, x, pos, st, fr, k, status = _code_residual(
+                            dec,
+                            0,
+                            p,
+                            mx,
+                            NACTX,
+                            NBCTX,
+                            sctx,
+                            qb,
+                            cb,
+                            qb2,
+                            cb2,
+                            wb,
+                            qm,
+                            qt,
+                            ct,
+                            qs,
+                            cs,
+                            x,
+                            pos,
+                            words,
+                            w1,
+                            st,
+                            fr,
+                            k,
+                        )
+                        if status == _OK and r == 0:
+                            status = _ERR_SYM
+                    elif ee != 0:
+                        r, x, pos, st, fr, k, status = _code_residual(
+                            dec,
+                            0,
+                            p,
+                            mx,
+                            actx,
+                            bctx,
+                            sctx,
+                            qb,
+                            cb,
+                            qb2,
+                            cb2,
+                            wb,
+                            qm,
+                            qt,
+                            ct,
+                            qs,
+                            cs,
+                            x,
+                            pos,
+                            words,
+                            w1,
+                            st,
+                            fr,
+                            k,
+                        )
+                    if status != _OK:
+                        return status, st, fr, 0
+                v = p + r
+                out[y, xc] = v
+            else:
+                v = np.int32(lab[y, xc])
+                r = v - p
+                rb_r[xc] = r
+                rb_p[xc] = p
+                rb_a[xc] = actx
+                rb_b[xc] = bctx
+                rb_s[xc] = sctx
+                rb_z[xc] = ee == 0
+                if r != 0:
+                    allzero = False
+            res_out[y, xc] = r
+            R[cur, xc + 1] = r
+            P[r0, c0] = v
+            for i in range(npred):
+                d = v - pr[i]
+                E[cur, c0, i] = d if d >= 0 else -d
+            # bias update (LOCO-I style, in 1/8 label units)
+            n = bN[bc]
+            bb = bB[bc] + 8 * v - pc
+            if n == BIAS_RESET:
+                bb >>= 1
+                n >>= 1
+            n += 1
+            if bb <= -n:
+                bb += n
+                if bC[bc] > -BIAS_MAX:
+                    bC[bc] -= 1
+                if bb <= -n:
+                    bb = -n + 1
+            elif bb > 0:
+                bb -= n
+                if bC[bc] < BIAS_MAX:
+                    bC[bc] += 1
+                if bb > 0:
+                    bb = 0
+            bB[bc] = bb
+            bN[bc] = n
+        if not dec:
+            flag = 1 if allzero else 0
+            flag, x, pos, st, fr, k, ok = _code_sym(dec, qf, prevflag, 2, flag, x, pos, words, w1, st, fr, k)
+            _adapt(qf, cf, prevflag, 2, flag)
+            if not flag:
+                rb_r[W] = 1  # sentinel: runs stop at the end of the row
+                xc = 0
+                while xc < W:
+                    r = rb_r[xc]
+                    if rb_z[xc]:
+                        L = 0
+                        while rb_r[xc + L] == 0:
+                            L += 1
+                        if xc + L > W:
+                            L = W - xc
+                        L, x, pos, st, fr, k, status = _code_run(
+                            dec, L, W - xc, 1 if xc == 0 else 0, qr, cr, x, pos, words, w1, st, fr, k
+                        )
+                        if L > 0:
+                            xc += L
+                            if xc >= W:
+                                break
+                            r = rb_r[xc]
+                        # the pixel that ends the run (or the run of length 0): never zero
+                        r, x, pos, st, fr, k, status = _code_residual(
+                            dec,
+                            r,
+                            rb_p[xc],
+                            mx,
+                            NACTX,
+                            NBCTX,
+                            rb_s[xc],
+                            qb,
+                            cb,
+                            qb2,
+                            cb2,
+                            wb,
+                            qm,
+                            qt,
+                            ct,
+                            qs,
+                            cs,
+                            x,
+                            pos,
+                            words,
+                            w1,
+                            st,
+                            fr,
+                            k,
+                        )
+                    else:
+                        r, x, pos, st, fr, k, status = _code_residual(
+                            dec,
+                            r,
+                            rb_p[xc],
+                            mx,
+                            rb_a[xc],
+                            rb_b[xc],
+                            rb_s[xc],
+                            qb,
+                            cb,
+                            qb2,
+                            cb2,
+                            wb,
+                            qm,
+                            qt,
+                            ct,
+                            qs,
+                            cs,
+                            x,
+                            pos,
+                            words,
+                            w1,
+                            st,
+                            fr,
+                            k,
+                        )
+                    xc += 1
+        prevflag = flag
+    if dec:
+        if x != RANS_L or pos != w1:
+            return _ERR_FINAL, st, fr, 0
+        return _OK, st, fr, 0
+    return _OK, st, fr, k
+
+
+@njit(cache=True, nogil=True)
+def _encode_stripe(lab, res_out, m, ref, refres, has_ref):
+    dummy_out = np.zeros((1, 1), np.uint8)
+    dummy_words = np.zeros(1, np.uint16)
+    status, st, fr, n = _stripe_kernel(False, lab, dummy_out, res_out, m, dummy_words, 0, 0, ref, refres, has_ref)
+    return _rans_encode(st, fr, n)
+
+
+@njit(cache=True, nogil=True)
+def _decode_stripe(out, res_out, m, words, w0, w1, ref, refres, has_ref):
+    dummy_lab = np.zeros((1, 1), np.uint8)
+    status, st, fr, n = _stripe_kernel(True, dummy_lab, out, res_out, m, words, w0, w1, ref, refres, has_ref)
+    return status
+
+
+# ----------------------------------------------------------------------------------------------
+# stream framing (spec section 17.1, 17.2)
+# ----------------------------------------------------------------------------------------------
+
+# A pixel's least possible cost: its row is flagged all-zero (one binary symbol per row, at most
+# TOT - 1 of TOT), or its magnitude bucket is coded (one of NB symbols, frequency at most TOT - NB + 1).
+_MIN_ROW_BITS = 1 / TOT / np.log(2)
+
+
+def encode_plane(
+    labels: np.ndarray, m: int, ref: tuple[np.ndarray, np.ndarray] | None = None, stripe_rows: int | None = None
+) -> tuple[bytes, np.ndarray]:
+    """One plane stream (spec 17.2) and the plane's residuals.
+
+    labels : (H, W) uint8, every value < m (1 <= m <= 256), labels of a table sorted ascending.
+    ref : (labels, residuals) of the previous plane, as returned for it, or None (flag bit 0 clear).
+    stripe_rows : rows per stripe; default about 2 megapixels per stripe.
+    Returns (stream bytes, (H, W) int16 residuals: label minus prediction).
+    """
+    lab = np.ascontiguousarray(labels)
+    if lab.dtype != np.uint8 or lab.ndim != 2 or lab.size == 0:
+        raise ValueError("labels must be a non-empty 2-D uint8 array")
+    if not 1 <= m <= 256 or int(lab.max()) >= m:
+        raise ValueError("labels must be < m <= 256")
+    h, w = lab.shape
+    has_ref = ref is not None
+    if has_ref:
+        refl = np.ascontiguousarray(ref[0], dtype=np.uint8)
+        refr = np.ascontiguousarray(ref[1], dtype=np.int16)
+        if refl.shape != lab.shape or refr.shape != lab.shape:
+            raise ValueError("the reference plane must have the shape of labels")
+    else:
+        refl, refr = np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.int16)
+    if stripe_rows is None:
+        stripe_rows = max(1, -(-DEFAULT_STRIPE_PIXELS // w))
+    stripe_rows = int(min(max(1, stripe_rows), MAX_STRIPE_ROWS, h))
+    res = np.empty((h, w), np.int16)
+    _notice_first_compile(_encode_stripe, "predictive encoder")
+
+    def encode_stripe(y0: int) -> np.ndarray:
+        y1 = y0 + stripe_rows
+        part_ref = (refl[y0:y1], refr[y0:y1]) if has_ref else (refl, refr)
+        return _encode_stripe(lab[y0:y1], res[y0:y1], m, part_ref[0], part_ref[1], has_ref)
+
+    streams = _map_stripes(encode_stripe, list(range(0, h, stripe_rows)))
+    head = bytearray([STREAM_VERSION, FLAG_REF if has_ref else 0]) + _uvarint(stripe_rows)
+    for words in streams[:-1]:
+        head += _uvarint(len(words))
+    return bytes(head) + b"".join(words.astype("<u2").tobytes() for words in streams), res
+
+
+def decode_plane(
+    data: bytes, h: int, w: int, m: int, ref: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``encode_plane`` -> ((h, w) uint8 labels, each < m; (h, w) int16 residuals).
+
+    ``ref`` is (labels, residuals) of the previous plane (None for the first plane). Raises ValueError on any
+    inconsistency of the stream.
+    """
+    if len(data) < 3:
+        raise ValueError("truncated plane header")
+    if data[0] != STREAM_VERSION:
+        raise ValueError(f"unknown predictive stream version {data[0]}")
+    flags = data[1]
+    if flags & ~FLAG_REF:
+        raise ValueError(f"unknown flags {flags:#x} in predictive stream")
+    has_ref = bool(flags & FLAG_REF)
+    if has_ref and ref is None:
+        raise ValueError("the first plane cannot use a reference plane")
+    stripe_rows, pos = _read_uvarint(data, 2, MAX_STRIPE_ROWS)
+    if not 1 <= stripe_rows <= min(h, MAX_STRIPE_ROWS):
+        raise ValueError(f"bad stripe height {stripe_rows}")
+    ns = -(-h // stripe_rows)
+    lens = []  # in 16-bit words
+    for _ in range(ns - 1):
+        n, pos = _read_uvarint(data, pos, len(data))
+        lens.append(n)
+    rest = len(data) - pos
+    if rest % 2:
+        raise ValueError("odd number of stripe bytes")
+    if sum(lens) > rest // 2:
+        raise ValueError("stripe lengths exceed the stream")
+    lens.append(rest // 2 - sum(lens))
+    if any(n < 2 for n in lens):
+        raise ValueError("a stripe has fewer than 2 words")
+    if rest * 8 + 32 * ns < h * _MIN_ROW_BITS / 2:
+        raise ValueError("label stream too short for the image size")
+    if has_ref:
+        refl = np.ascontiguousarray(ref[0], dtype=np.uint8)
+        refr = np.ascontiguousarray(ref[1], dtype=np.int16)
+    else:
+        refl, refr = np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.int16)
+    _notice_first_compile(_decode_stripe, "predictive decoder")
+    words = np.frombuffer(data, dtype="<u2", count=rest // 2, offset=pos).astype(np.uint16)
+    offs = np.zeros(ns + 1, np.int64)
+    offs[1:] = np.cumsum(np.array(lens, np.int64))
+    out = np.empty((h, w), np.uint8)
+    res = np.empty((h, w), np.int16)
+
+    def decode_stripe(i: int) -> int:
+        y0, y1 = i * stripe_rows, min((i + 1) * stripe_rows, h)
+        rl, rr = (refl[y0:y1], refr[y0:y1]) if has_ref else (refl, refr)
+        return _decode_stripe(out[y0:y1], res[y0:y1], m, words, offs[i], offs[i + 1], rl, rr, has_ref)
+
+    for i, status in enumerate(_map_stripes(decode_stripe, list(range(ns)))):
+        if status != _OK:
+            raise ValueError(f"corrupt stripe {i} ({_STATUS[status]})")
+    return out, res
+
+
+def encode_label_planes(planes: list[np.ndarray], sizes: list[int]) -> bytes:
+    """The whole codec-4 label stream (spec 17.1): each plane stream, all but the last after its length.
+
+    planes : (H, W) uint8 label planes in stream order; sizes : the size m of each plane's table. Planes after
+    the first are coded with the previous plane as reference.
+    """
+    out = bytearray()
+    ref = None
+    for index, (plane, m) in enumerate(zip(planes, sizes, strict=True)):
+        sub, res = encode_plane(plane, m, ref)
+        ref = (plane, res)
+        if index < len(planes) - 1:
+            out += _uvarint(len(sub))
+        out += sub
+    return bytes(out)
+
+
+def decode_label_planes(data: bytes, h: int, w: int, sizes: list[int]) -> list[np.ndarray]:
+    """Inverse of ``encode_label_planes``: one (h, w) uint8 plane per table size. Raises ValueError."""
+    data = bytes(data)
+    pos, planes, ref = 0, [], None
+    for index, m in enumerate(sizes):
+        if index < len(sizes) - 1:
+            n, pos = _read_uvarint(data, pos, len(data) - pos)
+            sub, pos = data[pos : pos + n], pos + n
+        else:
+            sub = data[pos:]
+        plane, res = decode_plane(sub, h, w, m, ref)
+        planes.append(plane)
+        ref = (plane, res)
+    return planes
