@@ -313,19 +313,29 @@ def _estimate(raw: bytes) -> int:
     return len(zlib.compress(raw, 1))
 
 
-def _shortlist(img: Image.Image, layouts: list[_Layout]) -> list[tuple[_Layout, dict[bool, bytes]]]:
+def _raw_streams(img: Image.Image, layout: _Layout) -> dict[bool, bytes]:
+    """A layout's uncompressed label streams: unpacked, and packed when that differs."""
+    base = _with(_header_for(img, layout), packed=False)
+    streams = {False: labels_to_stream(layout.labels, base)}
+    if any(plane_depth(m) < 8 for m in layout.table_sizes):
+        streams[True] = labels_to_stream(layout.labels, _with(base, packed=True))
+    return streams
+
+
+def _shortlist(img: Image.Image, layouts: list[_Layout]) -> list[tuple[_Layout, dict[bool, bytes] | None]]:
     """Each distinct layout with the uncompressed label streams worth compressing in earnest.
 
     Streams: unpacked, and packed when that differs (both kept: which one LZMA2 compresses better is not
     predicted well by quick estimates). Layouts: only those whose estimate (tables + labels + alpha plane)
-    is within 10% of the best, so the slow LZMA2 passes are spent only where they can win.
+    is within 10% of the best, so the slow LZMA2 passes are spent only where they can win. A single layout
+    (a fit, a "P" image) needs no ranking: its streams are left to be built only if needed (None), which
+    spares a 24-megapixel encode a 24 MB stream and its zlib estimate.
     """
+    if len(layouts) == 1:
+        return [(layouts[0], None)]
     entries, seen, alpha_estimate = [], set(), None
     for layout in layouts:
-        base = _with(_header_for(img, layout), packed=False)
-        streams = {False: labels_to_stream(layout.labels, base)}
-        if any(plane_depth(m) < 8 for m in layout.table_sizes):
-            streams[True] = labels_to_stream(layout.labels, _with(base, packed=True))
+        streams = _raw_streams(img, layout)
         key = (layout.alpha, layout.tables, streams[False])
         if key in seen:  # e.g. rgb, global and channel of a one-channel image
             continue
@@ -372,8 +382,16 @@ def _native_candidates(
         # probe of one packing (the packed one when there is one: its probe was the smaller in every case
         # measured, and it is the quicker) says they could win (``_LZMA_GAIN``). Then both packings get them:
         # 9e does not always prefer the packing preset 1 does (rendered text at k = 4: unpacked 17% smaller).
+        unpacked_bytes = _with(_header_for(img, layout), packed=False).label_raw_length
+        if streams is None:
+            packable = any(plane_depth(m) < 8 for m in layout.table_sizes)
+            stored_bytes = _with(_header_for(img, layout), packed=packable).label_raw_length
+            if unpacked_bytes > _SLOW_CODECS_MAX_BYTES and stored_bytes >= len(best_labels[2]):
+                streams = {}  # only "stored" could compete here, and it is the larger
+            else:
+                streams = _raw_streams(img, layout)
         slow = False
-        if len(streams[False]) <= _SLOW_CODECS_MAX_BYTES:
+        if streams and unpacked_bytes <= _SLOW_CODECS_MAX_BYTES:
             slow = _LZMA_GAIN * len(context) > _lzma_probe(streams[max(streams)])
         for packed, raw in streams.items():
             if not slow:
