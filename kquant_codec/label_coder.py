@@ -108,7 +108,7 @@ def _push(st, fr, k, start, freq):
     if k >= st.shape[0]:
         n2 = st.shape[0] * 2
         st2 = np.empty(n2, np.uint16)
-        fr2 = np.empty(n2, np.uint32)
+        fr2 = np.empty(n2, fr.dtype)
         st2[: st.shape[0]] = st
         fr2[: fr.shape[0]] = fr
         st = st2
@@ -175,7 +175,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, 
 
     # coder state
     st = np.empty(16 if dec else 2 * H * W + 8 * H + 16, np.uint16)
-    fr = np.empty(st.shape[0], np.uint32)
+    fr = np.empty(st.shape[0], np.uint16)  # every frequency is < 2^15
     k = 0
     x = np.int64(0)
     pos = w0
