@@ -1,18 +1,22 @@
-"""Codec 4 of ``.kq``: a predictive coder for sorted label planes (spec section 17).
+"""Codec 4 of ``.kq``: the predictive coder of sorted label planes (spec section 17, normative there).
 
-    stream = encode_label_planes(planes)                  # planes: list of (H, W) uint8, labels of sorted tables
-    planes = decode_label_planes(stream, h, w, sizes)     # raises ValueError
+    stream = encode_label_planes(planes, sizes)        # planes: list of (H, W) uint8; sizes: each plane's m
+    planes = decode_label_planes(stream, h, w, sizes)  # raises ValueError on any inconsistency
 
 For the global and channel quantization modes, whose tables are sorted ascending, so that a label plane is a
-grey image: each label is predicted as a blend of simple predictors (W, N, W + N - NW, W + NE - N and, on
-planes after the first, the same predictors applied to the difference with the previous plane), each weighted
-by the inverse square of its recent error around the pixel; the blend is corrected by a per-context bias, and
-the residual is coded as bit length, top mantissa bit, raw low bits and sign with adaptive models feeding the
-rANS coder of codec 3 (spec 16.8). A row whose residuals are all zero costs one binary symbol. Units: labels
-(0 .. m-1); predictions are kept with 3 fractional bits. Stripes of rows are coded independently.
+grey image (labels 0 .. m-1, larger = brighter). Per pixel: 6 simple predictors (W, N, W + N - NW, W + NE - N
+and two averages), on planes after the first 6 more that apply them to the difference with the previous plane;
+each weighted by the inverse square of its error summed over 7 causal neighbours, blended in eighths of a label,
+corrected by a LOCO-I style bias per texture context, and rounded to the prediction p. The residual r = label - p
+(-255 .. 255) is coded as bit length (two adaptive models mixed), top mantissa bit, raw low bits and sign (its
+context includes the rounding of the blend and the previous plane's residual at the same pixel). Zero
+residuals: a row flag (the whole row) and run lengths where the neighbours' residuals are all zero.
 
-One numba kernel serves encoder and decoder, so the models cannot drift apart. Importing this module imports
-numba; the container imports it on first use only.
+The entropy coder, model update and mixing are codec 3's (``label_coder``, spec 16.4 and 16.8). One numba
+kernel serves encoder and decoder, so the models cannot drift apart; the decoder bounds every index and reports
+a status for streams that run out, hold an impossible symbol or do not end exactly. Stripes of rows are coded
+independently, on a thread pool; the bytes do not depend on the number of threads. Importing this module
+imports numba; the container imports it on first use only.
 """
 
 from __future__ import annotations
@@ -51,10 +55,10 @@ ACT_T = (1, 2, 3, 4, 6, 8, 11, 15, 20, 27, 36, 48, 64, 90, 128)
 NACT = len(ACT_T) + 1  # activity classes
 ACT_Q = np.array([sum(e >= t for t in ACT_T) for e in range(1024)], dtype=np.int32)
 NREFQ = 4  # reference residual classes
-NBIAS = 125 * 3  # bias contexts
+NBIAS = 125 * 3 * 4  # bias contexts
 BIAS_RESET = 32
 BIAS_MAX = 1023
-NACTX = NACT * NREFQ  # magnitude contexts A (plus one: the pixel that ends a run)
+NACTX = NACT * NREFQ * 3  # magnitude contexts A (plus one: the pixel that ends a run)
 NBCTX = NACT * NACT  # magnitude contexts B (plus one, the same)
 NRUN = 26  # run tokens: 0 = to the end of the row, t = bitlen(L) + 1 (L < 2^24)
 
@@ -176,10 +180,12 @@ def _code_residual(
     if b >= 2:
         nb = b - 2
         t = (a >> nb) & 1
-        t, x, pos, st, fr, k, ok = _code_sym(dec, qt, b, 2, t, x, pos, words, w1, st, fr, k)
+        tq = (actx // (NREFQ * 3)) >> 2
+        tctx = b * 4 + (tq if tq < 3 else 3)
+        t, x, pos, st, fr, k, ok = _code_sym(dec, qt, tctx, 2, t, x, pos, words, w1, st, fr, k)
         if not ok:
             return 0, x, pos, st, fr, k, _ERR_EOF
-        _adapt(qt, ct, b, 2, t)
+        _adapt(qt, ct, tctx, 2, t)
         raw = 0
         if nb > 0:
             raw, x, pos, st, fr, k, ok = _code_raw(dec, a & ((1 << nb) - 1), nb, x, pos, words, w1, st, fr, k)
@@ -263,11 +269,11 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     _init_model(qb2, NB)
     wb = np.full(NACTX + 1, 2048, np.int32)
     qm = np.zeros((1, NB + 1), np.int64)
-    qt = np.empty((NB, 3), np.int32)
-    ct = np.zeros(NB, np.uint8)
+    qt = np.empty((NB * 4, 3), np.int32)
+    ct = np.zeros(NB * 4, np.uint8)
     _init_model(qt, 2)
-    qs = np.empty((27, 3), np.int32)
-    cs = np.zeros(27, np.uint8)
+    qs = np.empty((216, 3), np.int32)
+    cs = np.zeros(216, np.uint8)
     _init_model(qs, 2)
     qf = np.empty((2, 3), np.int32)
     cf = np.zeros(2, np.uint8)
@@ -364,7 +370,8 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             sp = np.int64(0)
             mine = EMAX
             for i in range(npred):
-                e = E[cur, c0 - 1, i] + E[prv, c0, i] + E[prv, c0 - 1, i] + E[prv, c0 + 1, i] + E[cur, c0 - 2, i]
+                e = E[cur, c0 - 1, i] + E[cur, c0 - 2, i] + E[prv, c0 - 2, i] + E[prv, c0 - 1, i]
+                e += E[prv, c0, i] + E[prv, c0 + 1, i] + E[prv, c0 + 2, i]
                 if e > EMAX:
                     e = EMAX
                 if e < mine:
@@ -373,22 +380,23 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                 sw += wi
                 sp += wi * pr[i]
             pred8 = (sp * 8 + (sw >> 1)) // sw
-            # bias correction
-            bc = ((_q5(Nv - NWv) * 5 + _q5(Wv - NWv)) * 5 + _q5(NEv - Nv)) * 3 + _sgn3(uerr)
-            pc = _clamp(pred8 + bC[bc], 0, 8 * mx)
-            p = (pc + 4) >> 3
-            # coding contexts
             rW = R[cur, xc]
             rN = R[prv, xc + 1]
             rNW = R[prv, xc]
             rNE = R[prv, xc + 2]
             ee = abs(rW) + abs(rN) + abs(rNW) + abs(rNE)
             act = ACT_Q[ee if ee < 1024 else 1023]
+            # bias correction
+            bc = (((_q5(Nv - NWv) * 5 + _q5(Wv - NWv)) * 5 + _q5(NEv - Nv)) * 3 + _sgn3(uerr)) * 4 + (act >> 2)
+            pc = _clamp(pred8 + bC[bc], 0, 8 * mx)
+            p = (pc + 4) >> 3
+            # coding contexts
             au = abs(uerr)
             rq = 0 if au == 0 else (1 if au <= 2 else (2 if au <= 6 else 3))
-            actx = act * NREFQ + rq
+            fa = abs(pc - 8 * p)
+            actx = (act * NREFQ + rq) * 3 + (0 if fa <= 1 else (1 if fa <= 3 else 2))
             bctx = ACT_Q[mine] * NACT + act
-            sctx = (_sgn3(rW) * 3 + _sgn3(rN)) * 3 + _sgn3(uerr)
+            sctx = ((_sgn3(rW) * 3 + _sgn3(rN)) * 3 + _sgn3(uerr)) * 8 + (pc - 8 * p + 4)
             if dec:
                 r = 0
                 if flag:

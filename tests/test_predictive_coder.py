@@ -8,6 +8,7 @@ in the spec, and WebP lossless computed in the test."""
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -196,6 +197,18 @@ def test_encoder_output_is_deterministic_and_keeps_the_smaller_codec():
         if info.codec in sizes:
             assert sizes[info.codec] == min(sizes.values())
             assert header.label_length == min(sizes.values())
+
+
+def test_spec_worked_example():
+    from kquant_codec import predictive_coder as pc
+
+    text = SPEC.read_text()
+    block = re.search(r"<!-- codec4-example: begin -->\n```text\n(.*?)```\n<!-- codec4-example: end -->", text, re.S)
+    stream = bytes.fromhex(block.group(1).replace("\n", " "))
+    expected = np.array([[0, 1, 2, 3], [1, 2, 3, 3], [2, 3, 3, 1]], np.uint8)
+    header = c.KqHeader(4, 3, "L", quant_mode="global", channels=1, table_sizes=(4,), tables=bytes([0, 80, 160, 240]))
+    assert np.array_equal(c.predictive_stream_to_labels(stream, header)[:, :, 0], expected)
+    assert pc.encode_label_planes([expected], [4]) == stream
 
 
 @pytest.mark.skipif(not features.check("webp"), reason="Pillow built without WebP")
