@@ -125,7 +125,7 @@ def encode_image(
             # What the filter does, keeping the fit: its palette and labels are the rgb layout, so the
             # quantized image's colours need no second count. ("P" and "1" images: their filter differs.)
             fitted = fit_image(img, quantize.k, "rgb", seed=seed, alpha=quantize.alpha, palette=quantize.palette)
-            img = fitted.to_image()
+            img = _Deferred(fitted)
         else:
             img = img.filter(quantize)
         mode = mode or "rgb"
@@ -143,6 +143,29 @@ def encode_image(
             f"{', '.join(sorted(set(NATIVE_MODES) | set(PNG_MODES)))} first"
         )
     return min(candidates, key=len)  # first of equals: native before PNG
+
+
+class _Deferred:
+    """Stands in for ``fitted.to_image()``: its size and mode at once, its pixels (``.image``) only when a PNG
+    candidate needs them. The native payload needs only the fit's labels, and a 24-megapixel RGB image is
+    72 MB that the encode then never holds unless the PNG fallback is built."""
+
+    def __init__(self, fitted: QuantizedImage) -> None:
+        self._fitted = fitted
+        self._image: Image.Image | None = None
+        self.mode = fitted.mode
+        self.height, self.width = fitted.labels.shape[:2]
+        self.size = (self.width, self.height)
+
+    @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            self._image = self._fitted.to_image()
+        return self._image
+
+
+def _pixels(img: Image.Image | _Deferred) -> Image.Image:
+    return img.image if isinstance(img, _Deferred) else img
 
 
 # -- native payloads -------------------------------------------------------------------------------
@@ -439,10 +462,18 @@ def _clean_copy(img: Image.Image) -> Image.Image:
 
 
 def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
-    if a.mode != b.mode or a.size != b.size or a.tobytes() != b.tobytes():
+    """Same mode, size and pixels (for "P": the same indices and the same colours). Compared in bands of rows,
+    so that two 72 MB byte copies of a 24-megapixel image are never made at once."""
+    if a.mode != b.mode or a.size != b.size:
         return False
-    if a.mode == "P":
-        return a.convert("RGBA").tobytes() == b.convert("RGBA").tobytes()
+    band = max(1, (1 << 20) // max(1, a.width))
+    for top in range(0, a.height, band):
+        box = (0, top, a.width, min(a.height, top + band))
+        pa, pb = a.crop(box), b.crop(box)
+        if pa.tobytes() != pb.tobytes():
+            return False
+        if a.mode == "P" and pa.convert("RGBA").tobytes() != pb.convert("RGBA").tobytes():
+            return False
     return True
 
 
@@ -459,21 +490,23 @@ def _png_options(version: Image.Image) -> dict[str, Any]:
 
 
 def _png_candidate(
-    img: Image.Image, native_bytes: int | None = None, palette: Image.Image | None = None
+    img: Image.Image | _Deferred, native_bytes: int | None = None, palette: Image.Image | None = None
 ) -> bytes | None:
     """The smallest PNG payload file that decodes back to exactly ``img``, or None.
 
     Candidates: Pillow's PNG of the image itself and of its exact palette version (``_png_options``). Above
     ``_SMALL_IMAGE`` pixels, shortcuts keep the encode fast: the truecolour PNG is skipped when a palette
     version exists (three times the bytes to deflate), and no PNG is built at all when the best native payload
-    is under half of a quick level-1 PNG of the one version left (level 9 never halves a level-1 stream). Small
+    is under half of a quick level-1 PNG of the one version left (a heuristic: level 9 was 1.02-1.44x smaller
+    than level 1 on the sample photos at k = 2..256, up to 3.4x on tiled synthetic images, whose native payload
+    was smaller still; no case measured where the shortcut dropped a smaller PNG). Small
     images try both versions (a few ms): there the palette's own bytes can make the palette PNG the larger one
     (an 8x8 image of 64 colours).
     """
     if palette is None:  # (given when an rgb fit already knows it)
-        palette = as_palette_image(img)
+        palette = as_palette_image(_pixels(img))
     small = img.width * img.height <= _SMALL_IMAGE
-    versions = [palette] if (palette is not None and not small) else [_clean_copy(img), palette]
+    versions = [palette] if (palette is not None and not small) else [_clean_copy(_pixels(img)), palette]
     versions = [v for v in versions if v is not None]
     if native_bytes is not None and not small and len(versions) == 1:
         quick = io.BytesIO()
@@ -498,6 +531,6 @@ def _png_candidate(
             back = png_payload_image(header, png)
         except OSError:
             continue
-        if _same_pixels(back, img):
+        if _same_pixels(back, _pixels(img)):
             return pack_file(header, png)
     return None
