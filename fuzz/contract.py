@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 import kquant_codec
 from kquant_codec import KqFormatError
-from kquant_codec.container import CODEC_CONTEXT
+from kquant_codec.container import CODEC_CONTEXT, CODEC_PREDICTIVE
 from kquant_codec.encoder import encode_image
 
 __all__ = [
@@ -395,8 +395,8 @@ class Mutator:
         index = self.rng.randrange(len(streams))
         stored, codec, raw_len, codec_at, length_at = streams[index]
         packed = header.packed
-        if codec == CODEC_CONTEXT:  # codec 3 has no byte stream to inflate: edit its coded bytes directly
-            new, new_codec = self._context_bytes(bytearray(stored)), CODEC_CONTEXT
+        if codec in (CODEC_CONTEXT, CODEC_PREDICTIVE):  # no byte stream to inflate: edit the coded bytes directly
+            new, new_codec = self._context_bytes(bytearray(stored)), codec
         else:
             try:
                 raw = bytearray(kquant_codec.container.decompress(stored, codec, raw_len))
@@ -407,7 +407,8 @@ class Mutator:
                     raw[self.rng.randrange(len(raw))] = self.rng.randrange(256)
             else:
                 self._bytes(raw)
-            new_codec = self.rng.choice((0, 1, 2, codec, codec) + ((CODEC_CONTEXT,) if index == 0 else ()))
+            modelled = (CODEC_CONTEXT, CODEC_PREDICTIVE) if header.quant_mode != "rgb" else (CODEC_CONTEXT,)
+            new_codec = self.rng.choice((0, 1, 2, codec, codec) + (modelled if index == 0 else ()))
             if new_codec == 1:
                 new = zlib.compress(bytes(raw), self.rng.choice((0, 1, 9)))
             elif new_codec == 2:
@@ -421,6 +422,13 @@ class Mutator:
                 except Exception:  # noqa: BLE001 - labels past their table, a short stream: no codec-3 version
                     return None
                 packed = False
+            elif new_codec == CODEC_PREDICTIVE:  # the edited labels, coded by the predictive coder (packing 0)
+                try:
+                    labels = kquant_codec.container.stream_to_labels(bytes(raw), header)
+                    new = kquant_codec.container.labels_to_predictive_stream(labels, replace(header, packed=False))
+                except Exception:  # noqa: BLE001 - labels past their table, a short stream: no codec-4 version
+                    return None
+                packed = False
             else:
                 new = bytes(raw)
         parts = [s[0] for s in streams]
@@ -432,7 +440,7 @@ class Mutator:
         return bytes(out)
 
     def _context_bytes(self, stream: bytearray) -> bytes:
-        """An edit of a codec-3 label stream: its plane/stripe header fields, its rANS words, or any bytes."""
+        """An edit of a codec-3 or codec-4 label stream (same framing): plane/stripe header, rANS words, bytes."""
         r = self.rng
         op = r.randrange(5)
         if op == 0 and len(stream) >= 4:  # the first plane's version, flags or stripe height

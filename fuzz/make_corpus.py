@@ -85,6 +85,22 @@ def _context(data: bytes, use_ref: bool = True) -> bytes:
     return c.pack_file(header, labels, alpha)
 
 
+def _predictive(data: bytes) -> bytes:
+    """The same global/channel image with its label stream coded by codec 4 (the predictive coder, section 17)."""
+    kq = kquant_codec.read_kq(data)
+    header = replace(kq.header, packed=False)
+    labels = c.labels_to_predictive_stream(kq.labels, header)
+    alpha = b"" if kq.alpha is None else c.compress(np.ascontiguousarray(kq.alpha).tobytes(), c.CODEC_ZLIB)
+    header = replace(
+        header,
+        label_codec=c.CODEC_PREDICTIVE,
+        label_length=len(labels),
+        alpha_codec=c.CODEC_ZLIB if kq.alpha is not None else 0,
+        alpha_length=len(alpha),
+    )
+    return c.pack_file(header, labels, alpha)
+
+
 def _png_file(img: Image.Image, png_source: Image.Image) -> bytes:
     buf = io.BytesIO()
     png_source.save(buf, format="PNG")
@@ -155,6 +171,10 @@ def corpus() -> dict[str, bytes]:
             assert _same(kquant_codec.read_kq(data).to_image(), img), (mode, quant, alpha)
             suffix = "" if quant == "rgb" else ("-ref" if use_ref else "-noref")
             files[f"context-{mode}-{quant}-{alpha}-{colours}c{suffix}"] = data
+        if quant != "rgb":  # codec 4 (predictive coder): global and channel layouts only
+            data = _predictive(base)
+            assert _same(kquant_codec.read_kq(data).to_image(), img), (mode, quant, alpha)
+            files[f"predictive-{mode}-{quant}-{alpha}-{colours}c"] = data
     stripes = np.repeat(np.arange(40, dtype=np.uint8).reshape(40, 1) % 7, 12, axis=1)  # rows repeat: copies
     base = encode_image(Image.fromarray(stripes * 30), mode="rgb")
     kq = kquant_codec.read_kq(base)
@@ -166,6 +186,19 @@ def corpus() -> dict[str, bytes]:
     data = c.pack_file(replace(header, label_length=len(stream)), stream)
     assert _same(kquant_codec.read_kq(data).to_image(), Image.fromarray(stripes * 30))
     files["context-L-stripes-and-row-copies"] = data
+    # Codec 4 with several stripes, zero rows and runs, on a ramp with noise.
+    from kquant_codec import predictive_coder
+
+    ramp = (np.add.outer(np.arange(40), np.arange(12)) * 6 % 256).astype(np.uint8)
+    ramp[7:12] = ramp[6]
+    ramp[20, 3] ^= 0x55
+    base = encode_image(Image.fromarray(ramp), mode="global", fallback=False)
+    kq = kquant_codec.read_kq(base)
+    header = replace(kq.header, packed=False, label_codec=c.CODEC_PREDICTIVE)
+    stream, _ = predictive_coder.encode_plane(kq.labels[:, :, 0], header.table_sizes[0], None, stripe_rows=9)
+    data = c.pack_file(replace(header, label_length=len(stream)), stream)
+    assert _same(kquant_codec.read_kq(data).to_image(), Image.fromarray(ramp))
+    files["predictive-L-stripes-runs-and-zero-rows"] = data
 
     # PNG payloads: every PNG mode, plain and (where the encoder would use one) indexed.
     for mode in ("1", "L", "LA", "P", "RGB", "RGBA"):

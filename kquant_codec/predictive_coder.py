@@ -293,7 +293,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     rb_z = np.zeros(W, np.uint8)
 
     st = np.empty(16 if dec else 2 * H * W + 2 * H + 16, np.uint16)
-    fr = np.empty(st.shape[0], np.uint32)
+    fr = np.empty(st.shape[0], np.uint16)  # frequencies are at most TOT - 1
     k = 0
     x = np.int64(0)
     pos = w0
