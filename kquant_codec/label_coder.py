@@ -20,7 +20,6 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 from numba import njit
 
@@ -122,7 +121,8 @@ def _push(st, fr, k, start, freq):
 def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, ref, has_ref):
     """Code one stripe. lab: (H, W) uint8 input (encoder) ; out: (H, W) uint8 output (decoder).
     words: uint16 stream for the decoder, words[w0:w1]. Returns (status, st, fr, nsym)."""
-    numba.literally(dec)
+    # dec is a run-time flag (not numba.literally): one compiled kernel serves encoder and decoder, so a
+    # cold cache compiles it once (the branches on dec are perfectly predictable)
     H = lab.shape[0] if not dec else out.shape[0]
     W = lab.shape[1] if not dec else out.shape[1]
     P = np.zeros((H + 2, W + 4), np.int32)
@@ -551,22 +551,23 @@ def _rans_encode(st, fr, n):
     return out
 
 
-@njit(cache=True, nogil=True)
-def _encode_stripe(lab, copyd, m, R, order, keys, avg, ref, has_ref):
-    dummy_out = np.zeros((1, 1), np.uint8)
-    dummy_words = np.zeros(1, np.uint16)
+# Both directions call the one kernel from Python with arguments of the same types, so numba compiles (and
+# caches) a single specialization: a cold cache costs one compile, not one per direction.
+_NO_LABELS = np.zeros((1, 1), np.uint8)
+_NO_COPIES = np.zeros(1, np.int64)
+_NO_WORDS = np.zeros(1, np.uint16)
+
+
+def _encode_stripe(lab, copyd, m, R, order, keys, avg, ref, has_ref) -> np.ndarray:
     status, st, fr, n = _stripe_kernel(
-        False, lab, copyd, dummy_out, m, R, order, keys, avg, dummy_words, 0, 0, ref, has_ref
+        False, lab, copyd, _NO_LABELS, m, R, order, keys, avg, _NO_WORDS, 0, 0, ref, bool(has_ref)
     )
     return _rans_encode(st, fr, n)
 
 
-@njit(cache=True, nogil=True)
-def _decode_stripe(out, m, R, order, keys, avg, words, w0, w1, ref, has_ref):
-    dummy_lab = np.zeros((1, 1), np.uint8)
-    dummy_copy = np.zeros(1, np.int64)
+def _decode_stripe(out, m, R, order, keys, avg, words, w0, w1, ref, has_ref) -> int:
     status, st, fr, n = _stripe_kernel(
-        True, dummy_lab, dummy_copy, out, m, R, order, keys, avg, words, w0, w1, ref, has_ref
+        True, _NO_LABELS, _NO_COPIES, out, m, R, order, keys, avg, words, int(w0), int(w1), ref, bool(has_ref)
     )
     return status
 
@@ -670,7 +671,7 @@ def encode_plane(
     if not 1 <= m <= 256 or int(lab.max()) >= m:
         raise ValueError("labels must be < m <= 256")
     h, w = lab.shape
-    _notice_first_compile(_encode_stripe, "encoder")
+    _notice_first_compile(_stripe_kernel, "coder")
     karr = _key_array(m, keys)
     R, order = _rank_tables(karr)
     has_ref = ref is not None
@@ -736,7 +737,7 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
         raise ValueError("label stream too short for the image size")
     has_ref = bool(flags & FLAG_REF)
     refa = np.ascontiguousarray(ref) if has_ref else np.zeros((1, 1), np.uint8)
-    _notice_first_compile(_decode_stripe, "decoder")
+    _notice_first_compile(_stripe_kernel, "coder")
     R, order = _rank_tables(karr)
     words = np.frombuffer(data, dtype="<u2", count=rest // 2, offset=pos).astype(np.uint16)
     offs = np.zeros(ns + 1, np.int64)

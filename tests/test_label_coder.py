@@ -203,5 +203,5 @@ def test_first_compile_is_announced_once_then_cached(tmp_path):
     code = f"from PIL import Image; import kquant_codec; Image.open({str(path)!r}).load()"
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True) for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
-    assert "compiling the .kq decoder kernel" in runs[0].stderr
+    assert "compiling the .kq coder kernel" in runs[0].stderr
     assert "compiling" not in runs[1].stderr
