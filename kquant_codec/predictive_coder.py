@@ -27,7 +27,6 @@ from numba import njit
 
 from .label_coder import (
     RCP,
-    _adapt,
     _map_stripes,
     _notice_first_compile,
     _push,
@@ -105,6 +104,22 @@ def _sgn3(v):
 
 
 @njit(cache=True, inline="always")
+def _adapt(q, cnt, ctx, n, s):
+    """The model update of spec 16.4 (the same arithmetic as codec 3's), in two branch-free loops."""
+    c = cnt[ctx]
+    r = 2 + (c >> 4)
+    if r > 6:
+        r = 6
+    if c < 255:
+        cnt[ctx] = c + 1
+    t = TOT - n
+    for i in range(1, s + 1):
+        q[ctx, i] -= q[ctx, i] >> r
+    for i in range(s + 1, n):
+        q[ctx, i] += (t - q[ctx, i]) >> r
+
+
+@njit(cache=True, inline="always")
 def _init_model(q, n):
     t = TOT - n
     for c in range(q.shape[0]):
@@ -119,9 +134,10 @@ def _code_sym(dec, q, c, n, s, x, pos, words, w1, st, fr, k):
     if dec:
         slot = x & (TOT - 1)
         s = 0
-        for i in range(1, n):
-            if q[c, i] + i <= slot:
-                s = i
+        for i in range(1, n):  # q[c, i] + i increases strictly: stop at the first start past the slot
+            if q[c, i] + i > slot:
+                break
+            s = i
     start = np.int64(q[c, s]) + s
     freq = np.int64(q[c, s + 1]) - np.int64(q[c, s]) + 1
     if dec:
@@ -157,20 +173,36 @@ def _code_raw(dec, v, nb, x, pos, words, w1, st, fr, k):
 
 
 @njit(cache=True, inline="always")
-def _code_residual(
-    dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qm, qt, ct, qs, cs, x, pos, words, w1, st, fr, k
-):
+def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct, qs, cs, x, pos, words, w1, st, fr, k):
     """The residual r = label - p (p in 0..mx): magnitude bucket (two models mixed), top mantissa bit, raw low
     bits, then the sign when both signs are possible. Returns (r, x, pos, st, fr, k, status)."""
     a = r if r >= 0 else -r
     b = _bitlen(a)
     wv = np.int64(wb[actx])
-    for i in range(NB + 1):
-        qm[0, i] = ((4096 - wv) * qb[actx, i] + wv * qb2[bctx, i]) >> 12
-    b, x, pos, st, fr, k, ok = _code_sym(dec, qm, 0, NB, b, x, pos, words, w1, st, fr, k)
-    if not ok:
-        return 0, x, pos, st, fr, k, _ERR_EOF
-    fm = qm[0, b + 1] - qm[0, b] + 1
+    # the mixed CDF, computed only as far as the symbol needs: mix(i) = ((4096 - w) qA[i] + w qB[i]) >> 12
+    if dec:
+        slot = x & (TOT - 1)
+        b = 0
+        lo = np.int64(0)
+        hi = ((4096 - wv) * qb[actx, 1] + wv * qb2[bctx, 1]) >> 12
+        while b < NB - 1 and hi + b + 1 <= slot:
+            b += 1
+            lo = hi
+            hi = ((4096 - wv) * qb[actx, b + 1] + wv * qb2[bctx, b + 1]) >> 12
+    else:
+        lo = ((4096 - wv) * qb[actx, b] + wv * qb2[bctx, b]) >> 12
+        hi = ((4096 - wv) * qb[actx, b + 1] + wv * qb2[bctx, b + 1]) >> 12
+    fm = hi - lo + 1
+    if dec:
+        x = fm * (x >> PREC) + (x & (TOT - 1)) - (lo + b)
+        if x < RANS_L:
+            if pos >= w1:
+                return 0, x, pos, st, fr, k, _ERR_EOF
+            x = (x << 16) | np.int64(words[pos])
+            pos += 1
+    else:
+        st, fr = _push(st, fr, k, lo + b, fm)
+        k += 1
     f1 = np.int64(qb[actx, b + 1] - qb[actx, b] + 1)
     f2 = np.int64(qb2[bctx, b + 1] - qb2[bctx, b] + 1)
     wv += ((f2 - f1) * RCP[fm >> 5]) >> 16
@@ -258,7 +290,8 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     P = np.zeros((H + 1, W + 4), np.int32)  # labels, row r+1 = stripe row r, column c+2 = image column c
     Q = np.zeros((H + 1, W + 4), np.int32)  # reference labels, same layout
     R = np.zeros((2, W + 2), np.int32)  # residuals of the previous and current row, column c+1
-    E = np.zeros((2, W + 4, NPRED), np.int32)  # sub-predictor errors, column c+2
+    E = np.zeros((2, W + 6, NPRED), np.int32)  # sub-predictor errors, column c+2 (zero padding both sides)
+    ws = np.zeros(NPRED, np.int32)  # per sub-predictor: its errors in the row above, columns x-2 .. x+2
     pr = np.zeros(NPRED, np.int64)
     # models
     qb = np.empty((NACTX + 1, NB + 1), np.int32)
@@ -268,7 +301,6 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     cb2 = np.zeros(NBCTX + 1, np.uint8)
     _init_model(qb2, NB)
     wb = np.full(NACTX + 1, 2048, np.int32)
-    qm = np.zeros((1, NB + 1), np.int64)
     qt = np.empty((NB * 4, 3), np.int32)
     ct = np.zeros(NB * 4, np.uint8)
     _init_model(qt, 2)
@@ -320,6 +352,8 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             Q[r0 - 1, W + 3] = Q[r0 - 1, W + 1]
         cur = y & 1
         prv = cur ^ 1
+        for i in range(npred):
+            ws[i] = E[prv, 0, i] + E[prv, 1, i] + E[prv, 2, i] + E[prv, 3, i] + E[prv, 4, i]
         flag = 0
         if dec:
             flag, x, pos, st, fr, k, ok = _code_sym(dec, qf, prevflag, 2, 0, x, pos, words, w1, st, fr, k)
@@ -370,8 +404,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             sp = np.int64(0)
             mine = EMAX
             for i in range(npred):
-                e = E[cur, c0 - 1, i] + E[cur, c0 - 2, i] + E[prv, c0 - 2, i] + E[prv, c0 - 1, i]
-                e += E[prv, c0, i] + E[prv, c0 + 1, i] + E[prv, c0 + 2, i]
+                e = ws[i] + E[cur, c0 - 1, i] + E[cur, c0 - 2, i]
                 if e > EMAX:
                     e = EMAX
                 if e < mine:
@@ -432,7 +465,6 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             qb2,
                             cb2,
                             wb,
-                            qm,
                             qt,
                             ct,
                             qs,
@@ -461,7 +493,6 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             qb2,
                             cb2,
                             wb,
-                            qm,
                             qt,
                             ct,
                             qs,
@@ -495,6 +526,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             for i in range(npred):
                 d = v - pr[i]
                 E[cur, c0, i] = d if d >= 0 else -d
+                ws[i] += E[prv, c0 + 3, i] - E[prv, c0 - 2, i]  # slide the window to the next pixel
             # bias update (LOCO-I style, in 1/8 label units)
             n = bN[bc]
             bb = bB[bc] + 8 * v - pc
@@ -553,7 +585,6 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             qb2,
                             cb2,
                             wb,
-                            qm,
                             qt,
                             ct,
                             qs,
@@ -580,7 +611,6 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             qb2,
                             cb2,
                             wb,
-                            qm,
                             qt,
                             ct,
                             qs,
