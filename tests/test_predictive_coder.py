@@ -103,6 +103,18 @@ def test_edge_shapes_noise_flat_and_gradients_round_trip(mode):
             assert np.array_equal(np.asarray(kq.read_kq(data).to_image()), samples)
 
 
+def test_runs_longer_than_2_to_the_16_split_their_raw_bits():
+    from kquant_codec import predictive_coder as pc
+
+    row = np.zeros((2, 70001), np.uint8)
+    row[:, -1] = 3  # a run of 70000 zero residuals that stops before the end of the row: 16 raw bits, in two parts
+    row[1, 12345] = 1
+    stream, res = pc.encode_plane(row, 4)
+    assert len(stream) < 40
+    back, back_res = pc.decode_plane(stream, 2, 70001, 4, None)
+    assert np.array_equal(back, row) and np.array_equal(back_res, res)
+
+
 @pytest.mark.parametrize("mode", ["global", "channel"])
 def test_la_and_rgba_with_an_alpha_plane(mode):
     rng = np.random.default_rng(4)
