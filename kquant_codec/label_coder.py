@@ -759,11 +759,12 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
 _announced: set[str] = set()
 
 
-def _notice_first_compile(kernel, what: str) -> None:
+def _notice_first_compile(kernel, what: str, seconds: str = "10-25") -> None:
     """Say so, once, when ``kernel`` is about to be compiled for this machine (its numba cache is empty or
-    stale): the first encode or decode then takes some 10-25 s instead of milliseconds, and a silent wait that
-    long looks like a hang. Logged as a warning (shown on stderr when the application sets up no logging).
-    Uses numba's cache internals; if they change, there is simply no notice."""
+    stale): the first encode or decode then takes ``seconds`` (codec 3: some 10-25 s; codec 4: 30-60 s on two
+    cores) instead of milliseconds, and a silent wait that long looks like a hang. Logged as a warning (shown
+    on stderr when the application sets up no logging). Uses numba's cache internals; if they change, there is
+    simply no notice."""
     if what in _announced:
         return
     _announced.add(what)
@@ -773,8 +774,9 @@ def _notice_first_compile(kernel, what: str) -> None:
         return
     if cold:
         logging.getLogger("kquant_codec").warning(
-            "kquant_codec: compiling the .kq %s kernel for this machine (once; about 10-25 s, cached afterwards)",
+            "kquant_codec: compiling the .kq %s kernel for this machine (once; about %s s, cached afterwards)",
             what,
+            seconds,
         )
 
 

@@ -21,7 +21,6 @@ imports numba; the container imports it on first use only.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit
 
@@ -282,7 +281,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     """Code one stripe. lab: (S, W) uint8 labels (encoder); out: (S, W) uint8 (decoder); res_out: (S, W) int16
     residuals (both sides; the next plane's reference residuals). words[w0:w1]: the decoder's words.
     Returns (status, st, fr, nsym)."""
-    numba.literally(dec)
+    # dec is a run-time flag (not numba.literally): one compiled specialization serves both directions
     H = out.shape[0] if dec else lab.shape[0]
     W = out.shape[1] if dec else lab.shape[1]
     npred = NPRED if has_ref else NBASE
@@ -632,18 +631,21 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     return _OK, st, fr, k
 
 
-@njit(cache=True, nogil=True)
-def _encode_stripe(lab, res_out, m, ref, refres, has_ref):
-    dummy_out = np.zeros((1, 1), np.uint8)
-    dummy_words = np.zeros(1, np.uint16)
-    status, st, fr, n = _stripe_kernel(False, lab, dummy_out, res_out, m, dummy_words, 0, 0, ref, refres, has_ref)
+# Both directions call the one kernel from Python with arguments of the same types, so numba compiles (and
+# caches) a single specialization: a cold cache costs one compile, not one per direction.
+_NO_LABELS = np.zeros((1, 1), np.uint8)
+_NO_WORDS = np.zeros(1, np.uint16)
+
+
+def _encode_stripe(lab, res_out, m, ref, refres, has_ref) -> np.ndarray:
+    status, st, fr, n = _stripe_kernel(False, lab, _NO_LABELS, res_out, m, _NO_WORDS, 0, 0, ref, refres, bool(has_ref))
     return _rans_encode(st, fr, n)
 
 
-@njit(cache=True, nogil=True)
-def _decode_stripe(out, res_out, m, words, w0, w1, ref, refres, has_ref):
-    dummy_lab = np.zeros((1, 1), np.uint8)
-    status, st, fr, n = _stripe_kernel(True, dummy_lab, out, res_out, m, words, w0, w1, ref, refres, has_ref)
+def _decode_stripe(out, res_out, m, words, w0, w1, ref, refres, has_ref) -> int:
+    status, st, fr, n = _stripe_kernel(
+        True, _NO_LABELS, out, res_out, m, words, int(w0), int(w1), ref, refres, bool(has_ref)
+    )
     return status
 
 
@@ -684,7 +686,7 @@ def encode_plane(
         stripe_rows = max(1, -(-DEFAULT_STRIPE_PIXELS // w))
     stripe_rows = int(min(max(1, stripe_rows), MAX_STRIPE_ROWS, h))
     res = np.empty((h, w), np.int16)
-    _notice_first_compile(_encode_stripe, "predictive encoder")
+    _notice_first_compile(_stripe_kernel, "predictive coder", "30-60")
 
     def encode_stripe(y0: int) -> np.ndarray:
         y1 = y0 + stripe_rows
@@ -739,7 +741,7 @@ def decode_plane(
         refr = np.ascontiguousarray(ref[1], dtype=np.int16)
     else:
         refl, refr = np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.int16)
-    _notice_first_compile(_decode_stripe, "predictive decoder")
+    _notice_first_compile(_stripe_kernel, "predictive coder", "30-60")
     words = np.frombuffer(data, dtype="<u2", count=rest // 2, offset=pos).astype(np.uint16)
     offs = np.zeros(ns + 1, np.int64)
     offs[1:] = np.cumsum(np.array(lens, np.int64))
