@@ -739,9 +739,15 @@ def context_stream_to_labels(stream: bytes, header: KqHeader) -> np.ndarray:
         planes = label_coder.decode_label_planes(stream, header.height, header.width, plane_keys(header))
     except ValueError as exc:
         raise _fail(f"label stream is corrupt (context coder: {exc})") from exc
+    return _checked_planes(planes, header)
+
+
+def _checked_planes(planes: list[np.ndarray], header: KqHeader) -> np.ndarray:
+    """Decoded label planes -> labels in quantizer layout ((H, W) rgb, else (H, W, C)), each label checked
+    against its table. The coders' decoders already refuse such labels; this is the container's own guarantee."""
     for index, (plane, m) in enumerate(zip(planes, header.plane_tables, strict=True)):
         top = int(plane.max())
-        if top >= m:  # cannot happen for a conforming decoder; kept as the container's own guarantee
+        if top >= m:
             raise _fail(f"label {top} in plane {index} points past its {m}-entry centroid table")
     if header.quant_mode == "rgb":
         return planes[0]
@@ -776,8 +782,4 @@ def predictive_stream_to_labels(stream: bytes, header: KqHeader) -> np.ndarray:
         planes = predictive_coder.decode_label_planes(stream, header.height, header.width, list(header.plane_tables))
     except ValueError as exc:
         raise _fail(f"label stream is corrupt (predictive coder: {exc})") from exc
-    for index, (plane, m) in enumerate(zip(planes, header.plane_tables, strict=True)):
-        top = int(plane.max())
-        if top >= m:  # cannot happen for a conforming decoder; kept as the container's own guarantee
-            raise _fail(f"label {top} in plane {index} points past its {m}-entry centroid table")
-    return np.stack(planes, axis=2)
+    return _checked_planes(planes, header)
