@@ -194,6 +194,19 @@ def test_many_stripes_on_threads_match_one_thread(monkeypatch, with_ref):
     assert np.array_equal(pc.decode_plane(threaded, 53, 37, 256, ref)[0], lab)
 
 
+def test_codecs_3_and_4_side_by_side_give_the_bytes_of_one_after_the_other(monkeypatch):
+    """Small global/channel images run the two codecs on two threads; the file must not depend on that."""
+    from kquant_codec import encoder
+
+    img = Image.fromarray(_photo_like(96, 120, 11))
+    together = {mode: encode_image(img, k=64, mode=mode) for mode in ("global", "channel")}
+    monkeypatch.setattr(encoder, "_SIDE_BY_SIDE_MAX_PIXELS", 0)
+    for mode, data in together.items():
+        assert encode_image(img, k=64, mode=mode) == data
+        expected = np.asarray(img.filter(kq.KMeansQuantize(64, mode)))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), expected)
+
+
 def test_encoder_output_is_deterministic_and_keeps_the_smaller_codec():
     img = Image.fromarray(_photo_like(64, 80, 8))
     for mode in ("global", "channel"):
