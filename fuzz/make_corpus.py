@@ -69,31 +69,19 @@ def _rebuild(data: bytes, packed: bool, codec: int, alpha_codec: int) -> bytes:
     return c.pack_file(header, labels, alpha)
 
 
-def _context(data: bytes, use_ref: bool = True) -> bytes:
-    """The same image and layout with its label stream coded by codec 3 (the context coder, spec section 16)."""
+def _recoded(data: bytes, codec: int, use_ref: bool = True) -> bytes:
+    """The same image and layout with its label stream coded by codec 3 (the context coder, spec section 16) or
+    codec 4 (the predictive coder of global/channel planes, section 17); an alpha plane goes with zlib."""
     kq = kquant_codec.read_kq(data)
     header = replace(kq.header, packed=False)
-    labels = c.labels_to_context_stream(kq.labels, header, use_ref=use_ref)
+    if codec == c.CODEC_CONTEXT:
+        labels = c.labels_to_context_stream(kq.labels, header, use_ref=use_ref)
+    else:
+        labels = c.labels_to_predictive_stream(kq.labels, header)
     alpha = b"" if kq.alpha is None else c.compress(np.ascontiguousarray(kq.alpha).tobytes(), c.CODEC_ZLIB)
     header = replace(
         header,
-        label_codec=c.CODEC_CONTEXT,
-        label_length=len(labels),
-        alpha_codec=c.CODEC_ZLIB if kq.alpha is not None else 0,
-        alpha_length=len(alpha),
-    )
-    return c.pack_file(header, labels, alpha)
-
-
-def _predictive(data: bytes) -> bytes:
-    """The same global/channel image with its label stream coded by codec 4 (the predictive coder, section 17)."""
-    kq = kquant_codec.read_kq(data)
-    header = replace(kq.header, packed=False)
-    labels = c.labels_to_predictive_stream(kq.labels, header)
-    alpha = b"" if kq.alpha is None else c.compress(np.ascontiguousarray(kq.alpha).tobytes(), c.CODEC_ZLIB)
-    header = replace(
-        header,
-        label_codec=c.CODEC_PREDICTIVE,
+        label_codec=codec,
         label_length=len(labels),
         alpha_codec=c.CODEC_ZLIB if kq.alpha is not None else 0,
         alpha_length=len(alpha),
@@ -167,12 +155,12 @@ def corpus() -> dict[str, bytes]:
         else:
             base = encode_image(img, mode=quant, alpha="keep" if alpha == "plane" else "quantize")
         for use_ref in (True, False) if quant != "rgb" else (True,):
-            data = _context(base, use_ref)
+            data = _recoded(base, c.CODEC_CONTEXT, use_ref)
             assert _same(kquant_codec.read_kq(data).to_image(), img), (mode, quant, alpha)
             suffix = "" if quant == "rgb" else ("-ref" if use_ref else "-noref")
             files[f"context-{mode}-{quant}-{alpha}-{colours}c{suffix}"] = data
         if quant != "rgb":  # codec 4 (predictive coder): global and channel layouts only
-            data = _predictive(base)
+            data = _recoded(base, c.CODEC_PREDICTIVE)
             assert _same(kquant_codec.read_kq(data).to_image(), img), (mode, quant, alpha)
             files[f"predictive-{mode}-{quant}-{alpha}-{colours}c"] = data
     stripes = np.repeat(np.arange(40, dtype=np.uint8).reshape(40, 1) % 7, 12, axis=1)  # rows repeat: copies

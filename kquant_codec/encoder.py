@@ -29,6 +29,7 @@ from PIL import Image
 from .container import (
     CODEC_CONTEXT,
     CODEC_LZMA2,
+    CODEC_PREDICTIVE,
     CODEC_STORED,
     CODEC_ZLIB,
     MAX_PIXELS,
@@ -39,6 +40,7 @@ from .container import (
     KqHeader,
     compress,
     labels_to_context_stream,
+    labels_to_predictive_stream,
     labels_to_stream,
     pack_file,
     plane_depth,
@@ -390,41 +392,40 @@ def _header_for(img: Image.Image, layout: _Layout) -> KqHeader:
     )
 
 
+def _label_streams(layout: _Layout, header: KqHeader, side_by_side: bool) -> tuple[bytes, bytes | None]:
+    """The layout's codec-3 stream and, for the sorted tables of global/channel layouts, its codec-4 stream
+    (else None). ``side_by_side`` runs the two codecs at once: their kernels release the GIL, and an image of
+    one or two stripes would otherwise leave a core idle (each codec codes its planes one after another)."""
+    if layout.quant_mode not in ("global", "channel"):
+        return labels_to_context_stream(layout.labels, header), None
+    if not side_by_side:  # enough stripes to fill the cores: one codec at a time keeps one set of buffers
+        return labels_to_context_stream(layout.labels, header), labels_to_predictive_stream(layout.labels, header)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kq-codec4") as pool:
+        job = pool.submit(labels_to_predictive_stream, layout.labels, header)
+        context = labels_to_context_stream(layout.labels, header)
+        return context, job.result()
+
+
 def _native_candidates(
     img: Image.Image, quant_pref: str | None, alpha_pref: str | None, fitted: QuantizedImage | None = None
 ) -> list[bytes]:
-    from .container import CODEC_PREDICTIVE, labels_to_predictive_stream
-
     files = []
     alpha_streams: dict[int, tuple[int, bytes]] = {}
     for layout, streams in _shortlist(img, _layouts(img, quant_pref, alpha_pref, fitted)):
         narrow = max(layout.table_sizes) <= 16
         header = _header_for(img, layout)
-        if layout.quant_mode in ("global", "channel"):  # codec 4 needs sorted tables; ties go to codec 3
-            if img.width * img.height <= _SIDE_BY_SIDE_MAX_PIXELS:
-                # Codecs 3 and 4 side by side: their kernels release the GIL, and an image of one or two
-                # stripes would otherwise leave a core idle (each codec codes its planes one after another).
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kq-codec4") as pool:
-                    job = pool.submit(labels_to_predictive_stream, layout.labels, header)
-                    context = labels_to_context_stream(layout.labels, header)
-                    predictive = job.result()
-            else:  # enough stripes to fill the cores: one codec at a time keeps one set of buffers
-                context = labels_to_context_stream(layout.labels, header)
-                predictive = labels_to_predictive_stream(layout.labels, header)
-            best_labels = (False, CODEC_CONTEXT, context)
-            if len(predictive) < len(context):
-                best_labels = (False, CODEC_PREDICTIVE, predictive)
-        else:
-            context = labels_to_context_stream(layout.labels, header)
-            best_labels = (False, CODEC_CONTEXT, context)
+        context, predictive = _label_streams(layout, header, img.width * img.height <= _SIDE_BY_SIDE_MAX_PIXELS)
+        best_labels = (False, CODEC_CONTEXT, context)
+        if predictive is not None and len(predictive) < len(context):  # ties go to codec 3
+            best_labels = (False, CODEC_PREDICTIVE, predictive)
         # zlib 9 and LZMA2 9e cost several times codec 3's time; try them only when a quick LZMA2 preset-1
         # probe of one packing (the packed one when there is one: its probe was the smaller in every case
         # measured, and it is the quicker) says they could win (``_LZMA_GAIN``). Then both packings get them:
         # 9e does not always prefer the packing preset 1 does (rendered text at k = 4: unpacked 17% smaller).
-        unpacked_bytes = _with(_header_for(img, layout), packed=False).label_raw_length
+        unpacked_bytes = _with(header, packed=False).label_raw_length
         if streams is None:
             packable = any(plane_depth(m) < 8 for m in layout.table_sizes)
-            stored_bytes = _with(_header_for(img, layout), packed=packable).label_raw_length
+            stored_bytes = _with(header, packed=packable).label_raw_length
             if unpacked_bytes > _SLOW_CODECS_MAX_BYTES and stored_bytes >= len(best_labels[2]):
                 streams = {}  # only "stored" could compete here, and it is the larger
             else:
@@ -447,7 +448,7 @@ def _native_candidates(
                 alpha_streams[key] = _best_stream(np.ascontiguousarray(layout.alpha_plane).tobytes(), False)
             alpha_codec, alpha_stream = alpha_streams[key]
         header = _with(
-            _header_for(img, layout),
+            header,
             packed=packed,
             label_codec=codec,
             label_length=len(stream),
