@@ -1,4 +1,7 @@
-"""numba kernels for large 3-channel images in "rgb" mode; imported lazily by ``kmeans_colour``.
+"""numba kernels for 3-channel images in "rgb" mode; imported lazily by ``kmeans_colour``.
+
+Large images take a whole numba path (count tables, bins, Lloyd on all distinct colours); smaller ones use
+``assign``, ``group_sums`` and ``kpp_step`` to run the numpy path's steps compiled, with the same results.
 
 Importing this module imports numba (about 0.2-0.3 s and 70 MB of resident memory); the first call of the
 cached kernels in a process costs about 0.3-0.5 s more; a cold cache (first use after installing or
@@ -35,6 +38,7 @@ __all__ = [
     "group_sums",
     "assign",
     "label_pixels",
+    "kpp_step",
 ]
 
 _OPTS = {"cache": True, "nogil": True, "boundscheck": False}
@@ -183,25 +187,34 @@ def group_sums(P, W, idx, k):
     return mass, sums
 
 
+_NEAR = 24  # neighbours listed per centre; a search that gets past them checks every centre
+
+
 @njit(**_OPTS)
 def _centre_order(c):
-    """For each centre g: all centres sorted by distance from g (stable: ties by index), and those distances."""
+    """For each centre g: its min(k, _NEAR) nearest centres by distance (stable: ties by index), and those
+    distances.
+
+    Selected and sorted as int64 keys (squared distance << 9 | index): distinct integers have distinct
+    square roots, so this is the stable order by distance. A short list is enough: the search below stops
+    within the first few centres for almost every point, and falls back to all centres otherwise.
+    """
     k = c.shape[0]
-    cd = np.empty((k, k), np.float64)
+    near = min(k, _NEAR)
+    order = np.empty((k, near), np.int64)
+    dist = np.empty((k, near), np.float64)
+    key = np.empty(k, np.int64)
     for a in range(k):
         for b in range(k):
             s = 0
             for t in range(3):
                 d = c[a, t] - c[b, t]
                 s += d * d
-            cd[a, b] = np.sqrt(np.float64(s))
-    order = np.empty((k, k), np.int64)
-    dist = np.empty((k, k), np.float64)
-    for a in range(k):
-        o = np.argsort(cd[a], kind="mergesort")
-        order[a] = o
-        for j in range(k):
-            dist[a, j] = cd[a, o[j]]
+            key[b] = (s << 9) | b
+        top = np.sort(np.partition(key, near - 1)[:near]) if near < k else np.sort(key)
+        for j in range(near):
+            order[a, j] = top[j] & 511
+            dist[a, j] = np.sqrt(np.float64(top[j] >> 9))
     return order, dist
 
 
@@ -212,10 +225,12 @@ def _assign_range(P, c, order, cdist, idx, W, start, stop):
     ``idx`` holds a guess on entry (any valid label; a good guess makes this fast) and the nearest centre
     on exit, ties to the lower index. Triangle inequality: a centre j can be nearer to p than the current
     best b only if |c_j - c_g| <= |p - c_g| + |p - c_b|, so the centres are scanned in order of distance
-    from the guess g and the scan stops at that bound. The bound carries a relative and an absolute margin
-    so that float rounding of the square roots can only widen it; the decision itself is exact int64.
+    from the guess g and the scan stops at that bound; when the bound lies beyond g's listed neighbours,
+    every centre is checked. The bound carries a relative and an absolute margin so that float rounding of
+    the square roots can only widen it; the decision itself is exact int64.
     """
     k = c.shape[0]
+    near = order.shape[1]
     acc = np.int64(0)
     for i in range(start, stop):
         g = np.int64(idx[i])
@@ -231,8 +246,10 @@ def _assign_range(P, c, order, cdist, idx, W, start, stop):
         bd = d0 * d0 + d1 * d1 + d2 * d2
         rg = np.sqrt(np.float64(bd))
         lim = 2.0 * rg * (1.0 + 1e-12) + 1e-6
-        for jj in range(k):
+        done = False
+        for jj in range(near):
             if cdist[g, jj] > lim:
+                done = True
                 break
             j = order[g, jj]
             if j == g:  # not assumed to come first: a duplicate centre also sits at distance 0
@@ -246,9 +263,72 @@ def _assign_range(P, c, order, cdist, idx, W, start, stop):
                     lim = (rg + np.sqrt(np.float64(d))) * (1.0 + 1e-12) + 1e-6
                 best = j
                 bd = d
+        if not done and near < k:  # the bound reaches past the listed neighbours: check them all
+            for j in range(k):
+                e0 = p0 - c[j, 0]
+                e1 = p1 - c[j, 1]
+                e2 = p2 - c[j, 2]
+                d = e0 * e0 + e1 * e1 + e2 * e2
+                if d < bd or (d == bd and j < best):
+                    best = j
+                    bd = d
         idx[i] = best
         acc += bd * np.int64(W[i])
     return acc
+
+
+# -- greedy k-means++ on learning bins -----------------------------------------------------------------
+
+
+@njit(**_OPTS)
+def kpp_step(p, wf, closest, cum, u):
+    """One greedy k-means++ step on weighted points; returns the chosen point, or -1 when every point
+    already sits on a centre.
+
+    p (n, C) int64 fixed-point points, wf (n,) float64 weights, closest (n,) float64 squared distance of
+    each point to its nearest chosen centre (updated in place), cum (n,) float64 scratch, u (t,) float64
+    uniform draws in [0, 1), one per candidate. Candidates are D^2-sampled (the first index whose running
+    sum of weight * distance exceeds u * total); the one whose choice leaves the least total weighted
+    distance wins, ties to the earlier draw. Every value is an integer below 2**53, so the float64 sums
+    are exact and the result equals ``kmeans_colour._kpp``'s numpy step in any summation order.
+    """
+    n, ch = p.shape
+    acc = 0.0
+    for i in range(n):
+        acc += wf[i] * closest[i]
+        cum[i] = acc
+    if acc <= 0:
+        return -1
+    best = -1
+    best_cost = np.inf
+    for t in range(u.shape[0]):
+        x = u[t] * acc
+        lo, hi = 0, n
+        while lo < hi:  # first index with cum > x ("right" side)
+            mid = (lo + hi) >> 1
+            if cum[mid] <= x:
+                lo = mid + 1
+            else:
+                hi = mid
+        cand = min(lo, n - 1)
+        cost = 0.0
+        for i in range(n):
+            d = 0
+            for a in range(ch):
+                e = p[i, a] - p[cand, a]
+                d += e * e
+            cost += wf[i] * min(closest[i], np.float64(d))
+        if cost < best_cost:
+            best_cost = cost
+            best = cand
+    for i in range(n):
+        d = 0
+        for a in range(ch):
+            e = p[i, a] - p[best, a]
+            d += e * e
+        if d < closest[i]:
+            closest[i] = d
+    return best
 
 
 @njit(**_OPTS)

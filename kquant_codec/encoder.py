@@ -127,6 +127,10 @@ def encode_image(
         if quantize.mode == "rgb" and img.mode not in ("P", "1"):
             # What the filter does, keeping the fit: its palette and labels are the rgb layout, so the
             # quantized image's colours need no second count. ("P" and "1" images: their filter differs.)
+            # The label codec needs numba anyway; loaded first, it also lets the fit run its learning steps
+            # compiled (the same palette, in about half the time on small images).
+            import numba  # noqa: F401
+
             fitted = fit_image(img, quantize.k, "rgb", seed=seed, alpha=quantize.alpha, palette=quantize.palette)
             img = _Deferred(fitted)
         else:

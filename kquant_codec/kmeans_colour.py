@@ -33,10 +33,16 @@ only adds overhead (2-6x slower measured on a busy 2-core machine). Large images
 numba imports; its palette differs slightly from the numpy path's (it polishes on all distinct colours),
 so results are reproducible for a given installation; without numba the numpy path is used for every
 size (correct, but slower and with more memory on large images).
+
+Compiled steps. On 3-channel unweighted images the numpy path's k-means++, Lloyd and integer stage can run
+through the numba kernels instead (``_accelerator``: when numba is already loaded, or from ACCEL_MIN_PIXELS).
+They compute the very same exact labels, sums and random draws, so the result is identical either way (a
+test checks it); only the time differs (about 2x less on 0.27 MP photos).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
@@ -48,6 +54,8 @@ __all__ = ["PaletteFit", "fit_palette", "label_pixels", "nearest_colour", "ENGIN
 
 ENGINES = ("auto", "numpy", "numba")
 NUMBA_MIN_PIXELS = 1 << 21  # "auto": images with at least this many pixels (about 2 MP) use numba
+ACCEL_MIN_PIXELS = 1 << 20  # "auto", smaller images: numba runs the numpy path's steps from this size (or
+# whenever numba is already loaded); below it, loading numba (0.2-0.4 s) would cost more than it saves
 FIX = 4  # fixed-point steps per channel unit; 2 * C * (255 * FIX)**2 < 2**24 for C <= 8 keeps float32 exact
 MAX_CHANNELS = 8
 LEARN_POINTS = 8192  # learning bins (soft limit, up to 2x); the numpy path uses max(4096, 64 k) up to this
@@ -111,6 +119,19 @@ def _pick_kernels(engine: str, pixels: int, channels: int, weighted: bool) -> Mo
             raise RuntimeError("the numba engine was asked for, but numba cannot be imported")
         return kernels
     if engine == "auto" and eligible and pixels >= NUMBA_MIN_PIXELS:
+        return _kernels()
+    return None
+
+
+def _accelerator(engine: str, pixels: int, channels: int, weighted: bool) -> ModuleType | None:
+    """numba kernels to run the numpy path's learning steps compiled (same results, less time), or None.
+
+    "auto" only, 3 channels, unweighted: when numba is already loaded in this process (a ``.kq`` encode
+    loads it), or the image is large enough that loading it pays.
+    """
+    if engine != "auto" or channels != 3 or weighted:
+        return None
+    if "numba" in sys.modules or pixels >= ACCEL_MIN_PIXELS:
         return _kernels()
     return None
 
@@ -223,8 +244,14 @@ def _means(mass, sums):
     return (2 * sums[keep] + m) // (2 * m), keep
 
 
-def _lloyd(p, w, c, iters):
-    """Weighted Lloyd on the 1/FIX grid; emptied centres are dropped. Returns (centres, index, error)."""
+def _lloyd(p, w, c, iters, K=None):
+    """Weighted Lloyd on the 1/FIX grid; emptied centres are dropped. Returns (centres, index, error).
+
+    With numba kernels ``K`` (3 channels, weights below 2**31) the same steps run compiled: the same exact
+    labels and sums, so the same result, several times faster.
+    """
+    if K is not None:
+        return _lloyd_compiled(K, p.astype(np.int32), w.astype(np.int32), c, iters)
     idx, d = _nearest(p, c)
     for _ in range(iters):
         mass, s = _sums(p, w, idx, c.shape[0])
@@ -239,6 +266,23 @@ def _lloyd(p, w, c, iters):
         c = new
         idx, d = _nearest_moved(p, c, idx, d, moved)
     return c, idx, int((d * w).sum())
+
+
+def _lloyd_compiled(K, P, W, c, iters):
+    """``_lloyd`` through the numba kernels: P (n, 3) int32, W (n,) int32. Same return values."""
+    c = np.ascontiguousarray(c, dtype=np.int64)
+    idx = np.zeros(P.shape[0], np.uint8)  # any valid guess: ``assign`` is exact whatever it starts from
+    err = K.assign(P, c, idx, W)
+    for _ in range(iters):
+        mass, s = K.group_sums(P, W, idx, c.shape[0])
+        new, keep = _means(mass, s)
+        if keep.all() and np.array_equal(new, c):
+            break
+        if not keep.all():  # no point carries an emptied centre's label: shift the higher labels down
+            np.take((np.cumsum(keep) - 1).astype(np.uint8), idx, out=idx)
+        c = np.ascontiguousarray(new)
+        err = K.assign(P, c, idx, W)
+    return c, idx.astype(np.int64), err
 
 
 # -- learning on the bins --------------------------------------------------------------------------------
@@ -280,9 +324,10 @@ def _coarse_bins(cols: np.ndarray, w: np.ndarray, limit: int):
     return pts, mass, binof
 
 
-def _kpp(p, w, k, rng):
+def _kpp(p, w, k, rng, K=None):
     """Greedy weighted k-means++: 2 + ln k D^2-sampled candidates per step, keep the one that lowers the
-    potential most. float64 on integer coordinates: exact."""
+    potential most. float64 on integer coordinates: exact. With numba kernels ``K`` each step runs
+    compiled (``kpp_step``), drawing the same random numbers, so the result is the same."""
     pf = p.astype(np.float64)
     wf = w.astype(np.float64)
     n = p.shape[0]
@@ -291,6 +336,15 @@ def _kpp(p, w, k, rng):
     chosen = [first]
     pp = np.einsum("ij,ij->i", pf, pf)
     closest = pp - 2 * pf @ pf[first] + pp[first]
+    if K is not None:
+        pi = np.ascontiguousarray(p, dtype=np.int64)
+        cum = np.empty(n, np.float64)
+        for _ in range(1, k):
+            pick = K.kpp_step(pi, wf, closest, cum, rng.random(trials))
+            if pick < 0:
+                break
+            chosen.append(int(pick))
+        return p[chosen].copy()
     for _ in range(1, k):
         cum = np.cumsum(wf * closest)
         if cum[-1] <= 0:
@@ -304,7 +358,7 @@ def _kpp(p, w, k, rng):
     return p[chosen].copy()
 
 
-def _swap(p, w, c, idx, err, rng, rounds, iters, cands=6):
+def _swap(p, w, c, idx, err, rng, rounds, iters, cands=6, K=None):
     """Swap local search: move the centre whose removal costs least to a D^2-sampled point (best of
     ``cands``), run Lloyd, keep the result if the error fell. Returns (centres, index, error)."""
     k = c.shape[0]
@@ -320,7 +374,7 @@ def _swap(p, w, c, idx, err, rng, rounds, iters, cands=6):
         pick = cand[int(np.argmin((w[:, None] * cd).sum(axis=0)))]
         trial = c.copy()
         trial[j] = p[pick]
-        tc, ti, te = _lloyd(p, w, trial, iters)
+        tc, ti, te = _lloyd(p, w, trial, iters, K)
         if te < err and tc.shape[0] == k:
             c, idx, err = tc, ti, te
     return c, idx, err
@@ -337,18 +391,21 @@ def _schedule(k: int) -> tuple[int, int]:
     return 1, 2
 
 
-def _learn(p, w, k, seed, iters):
-    """Centres (m, C) on the 1/FIX grid (m <= k) learned on weighted points, and each point's centre."""
+def _learn(p, w, k, seed, iters, K=None):
+    """Centres (m, C) on the 1/FIX grid (m <= k) learned on weighted points, and each point's centre.
+
+    ``K``: numba kernels to run the steps compiled (same result), or None for numpy.
+    """
     restarts, swaps = _schedule(k) if k > 1 else (1, 0)
     rng = np.random.default_rng(seed)
     best = None
     for _ in range(restarts):
-        c, idx, err = _lloyd(p, w, _kpp(p, w, k, rng), iters)
+        c, idx, err = _lloyd(p, w, _kpp(p, w, k, rng, K), iters, K)
         if best is None or err < best[2]:
             best = (c, idx, err)
     c, idx, err = best
     if swaps:
-        c, idx, err = _swap(p, w, c, idx, err, rng, swaps, iters)
+        c, idx, err = _swap(p, w, c, idx, err, rng, swaps, iters, K=K)
     return c, idx
 
 
@@ -360,12 +417,15 @@ def _to_uint8_grid(c):
     return np.clip((c + FIX // 2) // FIX, 0, 255) * FIX
 
 
-def _integer_refine(P, W, c, rounds):
+def _integer_refine(P, W, c, rounds, K=None):
     """Round the centres to uint8; Lloyd with rounded centres while the error falls; exact final labels.
 
     P (M, C), W (M,): all distinct colours (times FIX) and their weights. Returns (palette (m, C) uint8
-    sorted as tuples, label of every point int64 (M,), total squared error in FIX^2 units).
+    sorted as tuples, label of every point int64 (M,), total squared error in FIX^2 units). ``K``: numba
+    kernels for the same steps compiled (same result).
     """
+    if K is not None:
+        return _integer_refine_compiled(K, P.astype(np.int32), W.astype(np.int32), c, rounds)
     cur = np.unique(_to_uint8_grid(c), axis=0)
     g, d = _nearest(P, cur)
     err = int((d * W).sum())
@@ -384,6 +444,37 @@ def _integer_refine(P, W, c, rounds):
     if not np.array_equal(pal, cur):
         g, d = _nearest(P, pal)  # exact labels against the final order
     used = np.unique(g)
+    if used.size < pal.shape[0]:  # drop centres no colour uses; the order (so tie-breaks) is kept
+        remap = np.full(pal.shape[0], -1, np.int64)
+        remap[used] = np.arange(used.size)
+        pal, g = pal[used], remap[g]
+    return (pal // FIX).astype(np.uint8), g, err
+
+
+def _integer_refine_compiled(K, P, W, c, rounds):
+    """``_integer_refine`` through the numba kernels: P (M, 3) int32, W (M,) int32. Same return values."""
+    cur = np.ascontiguousarray(np.unique(_to_uint8_grid(c), axis=0))
+    g = np.zeros(P.shape[0], np.uint8)
+    err = K.assign(P, cur, g, W)
+    for _ in range(rounds):
+        mass, s = K.group_sums(P, W, g, cur.shape[0])
+        new, keep = _means(mass, s)
+        trial = np.ascontiguousarray(_to_uint8_grid(new))
+        if not keep.all() or np.array_equal(trial, cur):
+            break
+        tg = g.copy()
+        te = K.assign(P, trial, tg, W)
+        if te >= err:
+            break
+        cur, g, err = trial, tg, te
+    pal = np.unique(cur, axis=0)  # rows sorted as tuples, duplicates merged
+    if not np.array_equal(pal, cur):
+        _, inv = np.unique(cur, axis=0, return_inverse=True)
+        np.take(inv.reshape(-1).astype(np.uint8), g, out=g)  # good guesses; the search below is exact
+        err = K.assign(P, np.ascontiguousarray(pal), g, W)
+    mass, _ = K.group_sums(P, W, g, pal.shape[0])
+    used = np.flatnonzero(mass)
+    g = g.astype(np.int64)
     if used.size < pal.shape[0]:  # drop centres no colour uses; the order (so tie-breaks) is kept
         remap = np.full(pal.shape[0], -1, np.int64)
         remap[used] = np.arange(used.size)
@@ -477,12 +568,17 @@ def fit_palette(
         if kernels is not None:
             palette, labels, sse = _fit_big(kernels, flat, int(k), int(seed), iters)
         else:
-            palette, labels, sse = _fit_small(flat, int(k), int(seed), iters, weights)
+            accel = _accelerator(engine, flat.shape[0], flat.shape[1], weights is not None)
+            palette, labels, sse = _fit_small(flat, int(k), int(seed), iters, weights, accel)
     return PaletteFit(palette, None if labels is None else labels.reshape(h, w), sse)
 
 
-def _fit_small(flat, k, seed, iters, weights):
-    """numpy path, any C: (palette, labels (N,) or None when weighted, sse in channel units^2)."""
+def _fit_small(flat, k, seed, iters, weights, K=None):
+    """numpy path, any C: (palette, labels (N,) or None when weighted, sse in channel units^2).
+
+    ``K``: numba kernels (3 channels, unweighted only) that run the learning steps compiled; the result is
+    the same as without them.
+    """
     channels = flat.shape[1]
     keys = _keys(flat)
     if weights is None:
@@ -501,11 +597,11 @@ def _fit_small(flat, k, seed, iters, weights):
     else:
         P = cols * FIX
         bp, bw, _ = _coarse_bins(cols, W, min(LEARN_POINTS, max(4096, 64 * k)))
-        c, _ = _learn(bp, bw, k, seed, iters)
+        c, _ = _learn(bp, bw, k, seed, iters, K)
         mp, mw = _coarse_bins(cols, W, MID_POINTS)[:2] if k >= MID_MIN_K else (P, W)
         if mp.shape[0] > bp.shape[0]:  # finer than the learning bins: worth a polish
-            c, _, _ = _lloyd(mp, mw, c, min(POLISH_ITERS, iters))
-        palette, label_of, err = _integer_refine(P, W, c, INTEGER_ROUNDS)
+            c, _, _ = _lloyd(mp, mw, c, min(POLISH_ITERS, iters), K)
+        palette, label_of, err = _integer_refine(P, W, c, INTEGER_ROUNDS, K)
     labels = None if keys is None else _gather(keys, distinct, label_of, channels)
     return palette, labels, err // (FIX * FIX)
 
@@ -519,7 +615,7 @@ def _fit_big(K, flat, k, seed, iters):
     else:
         # Learn on the same boxes as the numpy path, built without its (M,)-sized int64 temporaries.
         bp, bw, binof = K.coarse_bins(P, W, FIX, K.learning_shift(P, FIX, 2 * LEARN_POINTS))
-        c, bidx = _learn(bp, bw, k, seed, iters)
+        c, bidx = _learn(bp, bw, k, seed, iters, K)
         idx = bidx.astype(np.uint8)[binof]
         del binof
         palette, label_of, err = _polish_big(K, P, W, c, idx, min(POLISH_ITERS, iters))

@@ -124,6 +124,40 @@ def test_numba_engine_matches_numpy_when_lossless_and_both_exact(flower):
     assert abs(a.sse - b.sse) < 0.05 * a.sse  # different polish, same quality
 
 
+@pytest.mark.parametrize("k", [2, 5, 16, 64, 256])
+def test_compiled_learning_steps_give_the_numpy_result_exactly(china, flower, k):
+    """Small images, "auto": numba runs k-means++, Lloyd and the integer stage of the numpy path. They must
+    give the very same palette, labels and error (only faster), so that the choice cannot change output."""
+    K = kmeans_colour._kernels()
+    rng = np.random.default_rng(k)
+    clumps = rng.integers(0, 256, (9, 3))[rng.integers(0, 9, (90, 80))] + rng.integers(-3, 4, (90, 80, 3))
+    images = [np.asarray(china)[::2, ::2], np.asarray(flower)[::3, ::2], np.clip(clumps, 0, 255).astype(np.uint8)]
+    for arr in images:
+        flat = arr.reshape(-1, 3)
+        a = kmeans_colour._fit_small(flat, k, 0, kmeans_colour.LEARN_ITERS, None)
+        b = kmeans_colour._fit_small(flat, k, 0, kmeans_colour.LEARN_ITERS, None, K)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert a[2] == b[2]
+
+
+def test_compiled_search_is_exact_when_it_must_look_past_the_near_list():
+    """256 centres packed in one corner, points in the far corner: the pruning bound then covers more
+    centres than each one's listed neighbours, and the search must fall back to checking all of them."""
+    K = kmeans_colour._kernels()
+    rng = np.random.default_rng(5)
+    centres = np.unique(rng.integers(0, 40, (300, 3)), axis=0)[:256] * kmeans_colour.FIX
+    points = np.concatenate([rng.integers(150, 256, (3000, 3)), rng.integers(0, 60, (3000, 3))])
+    P = (points * kmeans_colour.FIX).astype(np.int32)
+    W = rng.integers(1, 5, P.shape[0]).astype(np.int32)
+    for guess in (np.zeros(P.shape[0], np.uint8), rng.integers(0, 256, P.shape[0]).astype(np.uint8)):
+        idx = guess.copy()
+        err = K.assign(P, centres, idx, W)
+        ref, d = kmeans_colour._nearest(P.astype(np.int64), centres)
+        np.testing.assert_array_equal(idx, ref)
+        assert err == int((d * W).sum())
+
+
 def test_twelve_megapixels_take_the_numba_path_and_stay_exact(china):
     arr = upscale(china, 12)
     assert arr.shape[0] * arr.shape[1] >= kmeans_colour.NUMBA_MIN_PIXELS
