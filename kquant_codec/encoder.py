@@ -18,8 +18,9 @@ from __future__ import annotations
 import io
 import lzma
 import numbers
+import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -138,18 +139,49 @@ def encode_image(
         mode = mode or "rgb"
         alpha = alpha or "keep"
     candidates: list[bytes] = []
-    if img.mode in NATIVE_MODES:
-        candidates.extend(_native_candidates(img, mode, alpha, fitted))
-    if (fallback or not candidates) and img.mode in PNG_MODES:
-        png = _png_candidate(img, min(map(len, candidates), default=None), _fitted_palette_image(fitted))
-        if png is not None:
-            candidates.append(png)
+    if fallback and img.mode in PNG_MODES and img.width * img.height <= _PNG_ALONGSIDE_MAX_PIXELS:
+        candidates = _candidates_alongside(img, mode, alpha, fitted)
+    else:
+        if img.mode in NATIVE_MODES:
+            candidates.extend(_native_candidates(img, mode, alpha, fitted))
+        if (fallback or not candidates) and img.mode in PNG_MODES:
+            png = _png_candidate(img, min(map(len, candidates), default=None), _fitted_palette_image(fitted))
+            if png is not None:
+                candidates.append(png)
     if not candidates:
         raise ValueError(
             f"cannot store image mode {img.mode!r} in a .kq file; convert it to one of "
             f"{', '.join(sorted(set(NATIVE_MODES) | set(PNG_MODES)))} first"
         )
     return min(candidates, key=len)  # first of equals: native before PNG
+
+
+def _candidates_alongside(
+    img: Image.Image | _Deferred, mode: str | None, alpha: str | None, fitted: QuantizedImage | None
+) -> list[bytes]:
+    """The native candidates and the PNG one, built at the same time: the native payload of a small image is
+    one stripe on one core, and Pillow's PNG encoder releases the GIL.
+
+    The bytes are the sequential path's: the PNG is dropped by the same rule (native payload under half the
+    quick level-1 PNG), applied once both sizes are known. A dropped PNG is cancelled (its encoder stops at its
+    next chunk written) and not waited for; it works on its own copy of the pixels by then.
+    """
+    quick: Future[int] = Future()
+    cancel = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kq-png")
+    try:
+        job = pool.submit(_png_candidate, img, None, _fitted_palette_image(fitted), quick=quick, cancel=cancel)
+        candidates = _native_candidates(img, mode, alpha, fitted) if img.mode in NATIVE_MODES else []
+        native = min(map(len, candidates), default=None)
+        if native is not None:
+            wait([quick, job], return_when=FIRST_COMPLETED)
+            if quick.done() and native * 2 <= quick.result():
+                return candidates
+        png = job.result()
+        return candidates + ([png] if png is not None else [])
+    finally:
+        cancel.set()  # a no-op once the job is done
+        pool.shutdown(wait=False)
 
 
 class _Deferred:
@@ -334,6 +366,8 @@ _LZMA_GAIN = 1.05
 # Global/channel layouts up to this many pixels run codecs 3 and 4 at the same time (1.3-1.75x quicker at 0.3-1
 # MP on 2 cores); above it, each codec's 2-megapixel stripes already keep the cores busy.
 _SIDE_BY_SIDE_MAX_PIXELS = 1 << 22
+# Images up to this many pixels (one codec-3 stripe, so one busy core) build their PNG candidate alongside.
+_PNG_ALONGSIDE_MAX_PIXELS = 1 << 21
 
 
 def _lzma_probe(raw: bytes) -> int:
@@ -510,8 +544,31 @@ def _png_options(version: Image.Image) -> dict[str, Any]:
     return {"compress_level": 6}
 
 
+class _Cancelled(Exception):
+    """Raised from a ``_StoppableBuffer`` write once its event is set."""
+
+
+class _StoppableBuffer(io.BytesIO):
+    """A BytesIO whose writes raise ``_Cancelled`` once ``cancel`` is set: Pillow's encoder writes every
+    chunk it makes, so a PNG save into it stops within one chunk of being cancelled."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        super().__init__()
+        self._cancel = cancel
+
+    def write(self, data: Any) -> int:
+        if self._cancel.is_set():
+            raise _Cancelled
+        return super().write(data)
+
+
 def _png_candidate(
-    img: Image.Image | _Deferred, native_bytes: int | None = None, palette: Image.Image | None = None
+    img: Image.Image | _Deferred,
+    native_bytes: int | None = None,
+    palette: Image.Image | None = None,
+    *,
+    quick: Future[int] | None = None,
+    cancel: threading.Event | None = None,
 ) -> bytes | None:
     """The smallest PNG payload file that decodes back to exactly ``img``, or None.
 
@@ -523,28 +580,37 @@ def _png_candidate(
     was smaller still; no case measured where the shortcut dropped a smaller PNG). Small
     images try both versions (a few ms): there the palette's own bytes can make the palette PNG the larger one
     (an 8x8 image of 64 colours).
+
+    Built alongside the native payload (``encode_image``), the native size is not known yet: the quick PNG's
+    size is handed to the caller through ``quick`` instead, and the caller sets ``cancel`` to stop the build.
     """
     if palette is None:  # (given when an rgb fit already knows it)
         palette = as_palette_image(_pixels(img))
     small = img.width * img.height <= _SMALL_IMAGE
     versions = [palette] if (palette is not None and not small) else [_clean_copy(_pixels(img)), palette]
     versions = [v for v in versions if v is not None]
-    if native_bytes is not None and not small and len(versions) == 1:
-        quick = io.BytesIO()
+    if (native_bytes is not None or quick is not None) and not small and len(versions) == 1:
+        first = io.BytesIO()
         try:
-            versions[0].save(quick, format="PNG", compress_level=1)
+            versions[0].save(first, format="PNG", compress_level=1)
         except (OSError, ValueError):
             return None
-        if native_bytes * 2 <= quick.tell():
+        if quick is not None:
+            quick.set_result(first.tell())
+        if native_bytes is not None and native_bytes * 2 <= first.tell():
             return None
     streams = []
     for version in versions:
-        buf = io.BytesIO()
+        buf = io.BytesIO() if cancel is None else _StoppableBuffer(cancel)
         try:
             version.save(buf, format="PNG", **_png_options(version))
+        except _Cancelled:
+            return None
         except (OSError, ValueError):
             continue
         streams.append(buf.getvalue())
+    if cancel is not None and cancel.is_set():
+        return None  # dropped while the last save finished: do not read the caller's image again
     for png in sorted(streams, key=len):
         header = png_payload_header(img.width, img.height, img.mode, len(png))
         try:

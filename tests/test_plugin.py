@@ -474,3 +474,49 @@ def test_kq_is_no_larger_than_optimized_palette_png(china, k):
     data = encode_image(q)
     assert len(data) <= png.tell()
     assert kq.kq_info(data).payload == "native"
+
+
+# --- the PNG candidate built alongside the native payload ----------------------------------------
+
+
+def _alongside_cases(china, flower) -> dict[str, tuple[Image.Image, dict]]:
+    box = (0, 0, 400, 300)  # 120 000 pixels: above the small-image limit, so the quick level-1 rule applies
+    rng = np.random.default_rng(0)
+    tile = Image.fromarray(np.tile(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (40, 50, 1)))
+    return {
+        "lossless photo": (china.crop(box), {}),
+        "photo k=16": (china.crop(box), {"k": 16}),
+        "native under half the quick PNG": (flower.crop(box), {"k": 16}),
+        "tiles": (tile, {}),
+        "L": (flower.crop(box).convert("L"), {}),
+        "RGBA k=64": (china.crop(box).convert("RGBA"), {"k": 64}),
+        **{name: (img, {}) for name, img in IMAGES.items()},
+    }
+
+
+def test_png_built_alongside_gives_the_sequential_bytes(china, flower, monkeypatch):
+    from kquant_codec import encoder
+
+    for name, (img, options) in _alongside_cases(china, flower).items():
+        alongside = encode_image(img, **options)
+        with monkeypatch.context() as m:
+            m.setattr(encoder, "_PNG_ALONGSIDE_MAX_PIXELS", 0)
+            sequential = encode_image(img, **options)
+        assert alongside == sequential, name
+
+
+def test_png_candidate_stops_when_cancelled(flower):
+    import threading
+    from concurrent.futures import Future
+
+    from kquant_codec import encoder
+
+    img = flower.crop((0, 0, 400, 300)).filter(kq.KMeansQuantize(64))
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(encoder._Cancelled):  # Pillow's PNG encoder lets the write's exception through
+        img.save(encoder._StoppableBuffer(cancel), format="PNG")
+    quick: Future[int] = Future()
+    assert _png_candidate(img, None, quick=quick, cancel=cancel) is None
+    assert quick.result() > 0  # the quick PNG's size is still handed over
+    assert _png_candidate(img, None, quick=Future(), cancel=threading.Event()) is not None
