@@ -195,23 +195,33 @@ def _centre_order(c):
     """For each centre g: its min(k, _NEAR) nearest centres by distance (stable: ties by index), and those
     distances.
 
-    Selected and sorted as int64 keys (squared distance << 9 | index): distinct integers have distinct
-    square roots, so this is the stable order by distance. A short list is enough: the search below stops
-    within the first few centres for almost every point, and falls back to all centres otherwise.
+    Kept as int64 keys (squared distance << 9 | index) in a short sorted list filled by insertion: distinct
+    integers have distinct square roots, so this is the stable order by distance. A short list is enough:
+    the search below stops within the first few centres for almost every point, and falls back to all
+    centres otherwise.
     """
     k = c.shape[0]
     near = min(k, _NEAR)
     order = np.empty((k, near), np.int64)
     dist = np.empty((k, near), np.float64)
-    key = np.empty(k, np.int64)
+    top = np.empty(near, np.int64)
     for a in range(k):
+        n = 0
         for b in range(k):
             s = 0
             for t in range(3):
                 d = c[a, t] - c[b, t]
                 s += d * d
-            key[b] = (s << 9) | b
-        top = np.sort(np.partition(key, near - 1)[:near]) if near < k else np.sort(key)
+            key = (s << 9) | b
+            if n == near and key >= top[near - 1]:
+                continue
+            j = n if n < near else near - 1  # insert, dropping the largest when full
+            while j > 0 and top[j - 1] > key:
+                top[j] = top[j - 1]
+                j -= 1
+            top[j] = key
+            if n < near:
+                n += 1
         for j in range(near):
             order[a, j] = top[j] & 511
             dist[a, j] = np.sqrt(np.float64(top[j] >> 9))
@@ -299,9 +309,9 @@ def kpp_step(p, wf, closest, cum, u):
         cum[i] = acc
     if acc <= 0:
         return -1
-    best = -1
-    best_cost = np.inf
-    for t in range(u.shape[0]):
+    trials = u.shape[0]
+    cands = np.empty(trials, np.int64)
+    for t in range(trials):
         x = u[t] * acc
         lo, hi = 0, n
         while lo < hi:  # first index with cum > x ("right" side)
@@ -310,17 +320,30 @@ def kpp_step(p, wf, closest, cum, u):
                 lo = mid + 1
             else:
                 hi = mid
-        cand = min(lo, n - 1)
-        cost = 0.0
-        for i in range(n):
+        cands[t] = min(lo, n - 1)
+    cp = np.empty((trials, ch), np.int64)
+    for t in range(trials):
+        for a in range(ch):
+            cp[t, a] = p[cands[t], a]
+    cost = np.zeros(trials, np.float64)
+    for i in range(n):  # one pass over the points for all candidates
+        ci = closest[i]
+        wi = wf[i]
+        for t in range(trials):
             d = 0
             for a in range(ch):
-                e = p[i, a] - p[cand, a]
+                e = p[i, a] - cp[t, a]
                 d += e * e
-            cost += wf[i] * min(closest[i], np.float64(d))
-        if cost < best_cost:
-            best_cost = cost
-            best = cand
+            if d < ci:
+                cost[t] += wi * np.float64(d)
+            else:
+                cost[t] += wi * ci
+    best = cands[0]
+    best_cost = cost[0]
+    for t in range(1, trials):
+        if cost[t] < best_cost:
+            best_cost = cost[t]
+            best = cands[t]
     for i in range(n):
         d = 0
         for a in range(ch):
