@@ -270,8 +270,15 @@ def _lloyd(p, w, c, iters, K=None):
 
 def _lloyd_compiled(K, P, W, c, iters):
     """``_lloyd`` through the numba kernels: P (n, 3) int32, W (n,) int32. Same return values."""
-    c = np.ascontiguousarray(c, dtype=np.int64)
     idx = np.zeros(P.shape[0], np.uint8)  # any valid guess: ``assign`` is exact whatever it starts from
+    c, err = _lloyd_in_place(K, P, W, c, idx, iters)
+    return c, idx.astype(np.int64), err
+
+
+def _lloyd_in_place(K, P, W, c, idx, iters):
+    """Lloyd through the numba kernels, labels kept in ``idx`` (uint8 guesses on entry, exact labels on exit);
+    emptied centres are dropped. Returns (centres (m, 3) int64, error in FIX^2 units)."""
+    c = np.ascontiguousarray(c, dtype=np.int64)
     err = K.assign(P, c, idx, W)
     for _ in range(iters):
         mass, s = K.group_sums(P, W, idx, c.shape[0])
@@ -282,7 +289,7 @@ def _lloyd_compiled(K, P, W, c, iters):
             np.take((np.cumsum(keep) - 1).astype(np.uint8), idx, out=idx)
         c = np.ascontiguousarray(new)
         err = K.assign(P, c, idx, W)
-    return c, idx.astype(np.int64), err
+    return c, err
 
 
 # -- learning on the bins --------------------------------------------------------------------------------
@@ -488,17 +495,7 @@ def _polish_big(K, P, W, c, idx, iters):
     P (M, 3) int32 fixed point, W (M,) int32, idx (M,) uint8 guesses, overwritten with the labels (k <= 256,
     so labels fit a byte). Returns (palette (m, 3) uint8 sorted as tuples, idx, error in FIX^2 units).
     """
-    c = np.ascontiguousarray(c, dtype=np.int64)
-    K.assign(P, c, idx, W)
-    for _ in range(iters):
-        mass, s = K.group_sums(P, W, idx, c.shape[0])
-        new, keep = _means(mass, s)
-        if keep.all() and np.array_equal(new, c):
-            break
-        if not keep.all():  # no point carries an emptied centre's label: shift the higher labels down
-            np.take((np.cumsum(keep) - 1).astype(np.uint8), idx, out=idx)
-        c = np.ascontiguousarray(new)
-        K.assign(P, c, idx, W)
+    c, _ = _lloyd_in_place(K, P, W, c, idx, iters)
     cur = _to_uint8_grid(c)
     err = K.assign(P, cur, idx, W)
     for _ in range(INTEGER_ROUNDS):
