@@ -130,7 +130,10 @@ def encode_image(
             # quantized image's colours need no second count. ("P" and "1" images: their filter differs.)
             # The label codec needs numba anyway; loaded first, it also lets the fit run its learning steps
             # compiled (the same palette, in about half the time on small images).
-            import numba  # noqa: F401
+            try:
+                import numba  # noqa: F401
+            except Exception:  # unusable numba: the fit warns and takes numpy; the codecs report it themselves
+                pass
 
             fitted = fit_image(img, quantize.k, "rgb", seed=seed, alpha=quantize.alpha, palette=quantize.palette)
             img = _Deferred(fitted)
