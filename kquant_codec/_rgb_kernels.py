@@ -32,6 +32,8 @@ from numba import njit
 
 __all__ = [
     "distinct_colours",
+    "distinct_colours_of_strips",
+    "label_strips",
     "points_from_keys",
     "learning_shift",
     "coarse_bins",
@@ -91,6 +93,25 @@ def distinct_colours(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts.append(_extract(counts, half << 23))
     del counts
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+@njit(**_OPTS)
+def _count(flat, counts):
+    """Count (N, 3) uint8 pixels into ``counts`` ((2**24,) uint32), indexed by 24-bit colour key."""
+    for i in range(flat.shape[0]):
+        counts[(np.int64(flat[i, 0]) << 16) | (np.int64(flat[i, 1]) << 8) | np.int64(flat[i, 2])] += 1
+
+
+def distinct_colours_of_strips(strips) -> tuple[np.ndarray, np.ndarray]:
+    """``distinct_colours`` of an image given as strips: ``strips()`` yields (rows, W, 3) uint8 arrays.
+
+    One 64 MB count table and one pass (the strips are not kept, so the half-table trick, which reads the
+    pixels twice, would read the image out of its source twice).
+    """
+    counts = np.zeros(1 << 24, np.uint32)
+    for strip in strips():
+        _count(np.ascontiguousarray(strip).reshape(-1, 3), counts)
+    return _extract(counts, 0)
 
 
 @njit(**_OPTS)
@@ -389,6 +410,21 @@ def assign(P: np.ndarray, centres: np.ndarray, idx: np.ndarray, W: np.ndarray) -
     centres = np.ascontiguousarray(centres, dtype=np.int64)
     order, cdist = _centre_order(centres)
     return int(sum(_run_ranges(_assign_range, P.shape[0], P, centres, order, cdist, idx, W)))
+
+
+def label_strips(strips, n: int, lut: np.ndarray) -> np.ndarray:
+    """Labels (n,) uint8 of an image given as strips (``distinct_colours_of_strips``) through a 2**24 table."""
+    out = np.empty(n, np.uint8)
+    pos = 0
+    for strip in strips():
+        flat = np.ascontiguousarray(strip).reshape(-1, 3)
+        if pos + flat.shape[0] > n:
+            raise ValueError("the strips hold more pixels than the image")
+        _run_ranges(_label_range, flat.shape[0], flat, lut, out[pos : pos + flat.shape[0]])
+        pos += flat.shape[0]
+    if pos != n:
+        raise ValueError("the strips hold fewer pixels than the image")
+    return out
 
 
 def label_pixels(flat: np.ndarray, lut: np.ndarray) -> np.ndarray:

@@ -146,7 +146,8 @@ def encode_image(
         candidates = _candidates_alongside(img, mode, alpha, fitted)
     else:
         if img.mode in NATIVE_MODES:
-            candidates.extend(_native_candidates(img, mode, alpha, fitted))
+            # one thing at a time here, so the fit's labels can be relabelled in place and given back
+            candidates.extend(_native_candidates(img, mode, alpha, fitted, in_place=True))
         if (fallback or not candidates) and img.mode in PNG_MODES:
             png = _png_candidate(img, min(map(len, candidates), default=None), _fitted_palette_image(fitted))
             if png is not None:
@@ -224,6 +225,8 @@ class _Layout:
     tables: bytes
     labels: np.ndarray
     alpha_plane: np.ndarray | None
+    restore: np.ndarray | None = None  # set when ``labels`` is a fit's own array relabelled in place: the
+    # table entry of each layout label, to give the fit its labels back (``_fitted_layout``)
 
 
 def _order_key(colours: np.ndarray) -> np.ndarray:
@@ -289,10 +292,12 @@ def _palette_layout(img: Image.Image) -> _Layout:
     )
 
 
-def _fitted_layout(fitted: QuantizedImage) -> _Layout:
+def _fitted_layout(fitted: QuantizedImage, in_place: bool = False) -> _Layout:
     """The rgb layout of a fit: its palette (the entries in use, in ``_order_key`` order) and its labels.
 
-    The same table and labels ``_rgb_layout`` finds by counting the quantized image's colours.
+    The same table and labels ``_rgb_layout`` finds by counting the quantized image's colours. ``in_place``:
+    the fit's labels are relabelled in place (no 24 MB copy at 24 MP) until ``_native_candidates`` gives them
+    back through the layout's ``restore``; nothing else may read the fit meanwhile.
     """
     table = fitted.quantizer.centroids_
     used = np.flatnonzero(value_histogram(fitted.labels[:, :, None])[: table.shape[0]])  # row blocks: no 8 B/px
@@ -301,7 +306,19 @@ def _fitted_layout(fitted: QuantizedImage) -> _Layout:
     rank[order] = np.arange(order.size, dtype=np.uint8)
     kind = "plane" if fitted.alpha is not None else "table" if fitted.mode in ("LA", "RGBA") else "none"
     tables = np.ascontiguousarray(table[order]).tobytes()
+    if in_place and fitted.labels.flags.c_contiguous and fitted.labels.flags.writeable:
+        _relabel_in_place(rank, fitted.labels)
+        return _Layout("rgb", kind, table.shape[1], (order.size,), tables, fitted.labels, fitted.alpha, order)
     return _Layout("rgb", kind, table.shape[1], (order.size,), tables, rank[fitted.labels], fitted.alpha)
+
+
+def _relabel_in_place(lut: np.ndarray, labels: np.ndarray) -> None:
+    """``labels[...] = lut[labels]`` in blocks of a megapixel: ``np.take`` with ``out`` would first widen the
+    whole index array to 8 bytes a label (192 MB at 24 MP)."""
+    flat = labels.reshape(-1)  # a view: the labels are C-contiguous
+    for start in range(0, flat.size, 1 << 20):
+        block = flat[start : start + (1 << 20)]
+        block[...] = lut[block]
 
 
 def _fitted_palette_image(fitted: QuantizedImage | None) -> Image.Image | None:
@@ -316,16 +333,22 @@ def _fitted_palette_image(fitted: QuantizedImage | None) -> Image.Image | None:
     if not value_histogram(fitted.labels[:, :, None])[: table.shape[0]].all():
         return None  # an unused entry: as_palette_image leaves it out
     height, width = fitted.labels.shape
-    out = Image.frombytes("P", (width, height), np.ascontiguousarray(fitted.labels).tobytes())
+    # shares the labels' memory (a bytes copy and the image's own would be 48 MB more at 24 MP); the labels are
+    # not changed while the PNG candidate reads it
+    out = Image.frombuffer("P", (width, height), np.ascontiguousarray(fitted.labels), "raw", "P", 0, 1)
     out.putpalette(np.ascontiguousarray(table).tobytes(), "RGB")
     return out
 
 
 def _layouts(
-    img: Image.Image, quant_pref: str | None, alpha_pref: str | None, fitted: QuantizedImage | None = None
+    img: Image.Image,
+    quant_pref: str | None,
+    alpha_pref: str | None,
+    fitted: QuantizedImage | None = None,
+    in_place: bool = False,
 ) -> list[_Layout]:
     if fitted is not None:
-        return [_fitted_layout(fitted)]
+        return [_fitted_layout(fitted, in_place)]
     if img.mode == "P":
         return [_palette_layout(img)]
     parts = split_image(img, alpha="keep")
@@ -448,11 +471,27 @@ def _label_streams(layout: _Layout, header: KqHeader, side_by_side: bool) -> tup
 
 
 def _native_candidates(
-    img: Image.Image, quant_pref: str | None, alpha_pref: str | None, fitted: QuantizedImage | None = None
+    img: Image.Image,
+    quant_pref: str | None,
+    alpha_pref: str | None,
+    fitted: QuantizedImage | None = None,
+    in_place: bool = False,
 ) -> list[bytes]:
+    """The native files of the shortlisted layouts. ``in_place``: a fit's labels may be relabelled in place
+    meanwhile (``_fitted_layout``); they are the fit's own again when this returns."""
+    layouts = _layouts(img, quant_pref, alpha_pref, fitted, in_place)
+    try:
+        return _native_files(img, layouts)
+    finally:
+        for layout in layouts:
+            if layout.restore is not None:
+                _relabel_in_place(layout.restore.astype(np.uint8), layout.labels)
+
+
+def _native_files(img: Image.Image, layouts: list[_Layout]) -> list[bytes]:
     files = []
     alpha_streams: dict[int, tuple[int, bytes]] = {}
-    for layout, streams in _shortlist(img, _layouts(img, quant_pref, alpha_pref, fitted)):
+    for layout, streams in _shortlist(img, layouts):
         narrow = max(layout.table_sizes) <= 16
         header = _header_for(img, layout)
         context, predictive = _label_streams(layout, header, img.width * img.height <= _SIDE_BY_SIDE_MAX_PIXELS)

@@ -45,12 +45,14 @@ from __future__ import annotations
 import sys
 import threading
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from types import ModuleType
 
 import numpy as np
 
-__all__ = ["PaletteFit", "fit_palette", "label_pixels", "nearest_colour", "ENGINES"]
+__all__ = ["PaletteFit", "fit_palette", "fit_palette_strips", "label_pixels", "nearest_colour", "ENGINES"]
 
 ENGINES = ("auto", "numpy", "numba")
 NUMBA_MIN_PIXELS = 1 << 21  # "auto": images with at least this many pixels (about 2 MP) use numba
@@ -563,7 +565,10 @@ def fit_palette(
     iters = max(1, min(int(max_iter), LEARN_ITERS))
     with threadpool_limits(1, user_api="blas"):
         if kernels is not None:
-            palette, labels, sse = _fit_big(kernels, flat, int(k), int(seed), iters)
+            labels_of = partial(kernels.label_pixels, flat)
+            palette, labels, sse = _fit_big(
+                kernels, kernels.distinct_colours(flat), labels_of, int(k), int(seed), iters
+            )
         else:
             accel = _accelerator(engine, flat.shape[0], flat.shape[1], weights is not None)
             palette, labels, sse = _fit_small(flat, int(k), int(seed), iters, weights, accel)
@@ -603,9 +608,41 @@ def _fit_small(flat, k, seed, iters, weights, K=None):
     return palette, labels, err // (FIX * FIX)
 
 
-def _fit_big(K, flat, k, seed, iters):
-    """numba path, C == 3: (palette, labels (N,), sse in channel units^2)."""
-    keys, W = K.distinct_colours(flat)
+def fit_palette_strips(
+    strips: Callable[[], Iterable[np.ndarray]], height: int, width: int, k: int, *, seed: int = 0, max_iter: int = 100
+) -> PaletteFit | None:
+    """``fit_palette`` of a large 3-channel image read in strips of rows, never held whole.
+
+    strips : called twice (once to count the colours, once to label them); each call returns a fresh iterable
+        of (rows, width, 3) uint8 arrays covering the image's ``height`` rows, top to bottom.
+    Returns exactly what ``fit_palette(image, k, seed=seed, max_iter=max_iter)`` returns for the joined image
+    (both take the numba path), or None when that path does not apply (fewer than NUMBA_MIN_PIXELS pixels, or
+    numba unusable): the caller then joins the strips itself. At 24 MP this saves the 72 MB joined copy.
+    """
+    pixels = height * width
+    if not NUMBA_MIN_PIXELS <= pixels < 1 << 31:
+        return None
+    kernels = _kernels()
+    if kernels is None:
+        return None
+    from threadpoolctl import threadpool_limits
+
+    iters = max(1, min(int(max_iter), LEARN_ITERS))
+    with threadpool_limits(1, user_api="blas"):
+        labels_of = partial(kernels.label_strips, strips, pixels)
+        palette, labels, sse = _fit_big(
+            kernels, kernels.distinct_colours_of_strips(strips), labels_of, int(k), int(seed), iters
+        )
+    return PaletteFit(palette, labels.reshape(height, width), sse)
+
+
+def _fit_big(K, colours, labels_of, k, seed, iters):
+    """numba path, C == 3: (palette, labels (N,), sse in channel units^2).
+
+    colours : (keys, counts) of the distinct colours (``distinct_colours``); labels_of(lut) : the label of
+    every pixel through a 2**24 colour -> label table.
+    """
+    keys, W = colours
     P = K.points_from_keys(keys, FIX)
     if keys.size <= k:  # lossless
         palette, label_of, err = (P // FIX).astype(np.uint8), np.arange(keys.size, dtype=np.uint8), 0
@@ -619,7 +656,7 @@ def _fit_big(K, flat, k, seed, iters):
     del P, W
     lut = np.zeros(1 << 24, np.uint8)  # colour -> label, filled at the distinct colours only
     lut[keys] = label_of
-    return palette, K.label_pixels(flat, lut), err // (FIX * FIX)
+    return palette, labels_of(lut), err // (FIX * FIX)
 
 
 def nearest_colour(colours: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

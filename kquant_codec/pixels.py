@@ -6,6 +6,7 @@ Pillow mode and rebuilds an image of the original mode afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 __all__ = [
     "SplitImage",
     "split_image",
+    "rgb_strips",
     "join_image",
     "as_palette_image",
     "few_colours",
@@ -71,6 +73,21 @@ def _array(img: Image.Image) -> np.ndarray:
         strip = np.asarray(img.crop((0, top, width, min(height, top + rows))))
         out[top : top + rows] = strip[:, :, None] if strip.ndim == 2 else strip
     return out
+
+
+def rgb_strips(img: Image.Image) -> Callable[[], Iterator[np.ndarray]]:
+    """A reader of an "RGB" image in strips of rows: each call returns a fresh iterator of (rows, W, 3) uint8
+    arrays, top to bottom, about a megapixel each, copied out of Pillow one at a time."""
+    if img.mode != "RGB":
+        raise ValueError(f"rgb_strips takes RGB images, got {img.mode!r}")
+    width, height = img.size
+    rows = max(1, _STRIP_PIXELS // max(1, width))
+
+    def strips() -> Iterator[np.ndarray]:
+        for top in range(0, height, rows):
+            yield np.asarray(img.crop((0, top, width, min(height, top + rows))))
+
+    return strips
 
 
 def split_image(img: Image.Image, alpha: str = "keep") -> SplitImage:

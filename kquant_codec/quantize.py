@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .pixels import SplitImage, join_image, split_image
+from .pixels import SplitImage, join_image, rgb_strips, split_image
 from .quantizer import KMeansQuantizer, check_k, check_mode, check_palette
 
 __all__ = ["QuantizedImage", "fit_image", "quantize_image", "ALPHA_OPTIONS", "PALETTE_IMAGE_MODES"]
@@ -146,8 +146,15 @@ def fit_image(
     check_mode(mode)
     check_alpha(alpha)
     img.load()
+    quantizer = KMeansQuantizer(k=k, mode=mode, seed=seed)
+    if mode == "rgb" and img.mode == "RGB":
+        # Large images are read out of Pillow in strips, twice, rather than copied whole (72 MB at 24 MP);
+        # the result is the same.
+        labels = quantizer._fit_strips(rgb_strips(img), img.height, img.width)
+        if labels is not None:
+            return QuantizedImage(quantizer, labels, None, img.mode)
     parts = split_image(img, alpha=alpha)
-    quantizer = KMeansQuantizer(k=k, mode=mode, seed=seed).fit(parts.colour)
+    quantizer.fit(parts.colour)
     return QuantizedImage(quantizer, quantizer.predict(parts.colour), parts.alpha, parts.mode)
 
 

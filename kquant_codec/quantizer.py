@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from .kmeans1d import nearest_level_lut, optimal_levels
-from .kmeans_colour import MAX_CHANNELS, fit_palette, label_pixels
+from .kmeans_colour import MAX_CHANNELS, fit_palette, fit_palette_strips, label_pixels
 
 __all__ = ["KMeansQuantizer", "MODES", "check_k", "check_mode", "check_palette"]
 
@@ -231,6 +232,22 @@ class KMeansQuantizer:
         self.mode_ = mode
         self.n_channels_ = channels
         return self
+
+    def _fit_strips(self, strips: Callable[[], Iterable[np.ndarray]], height: int, width: int) -> np.ndarray | None:
+        """``fit`` in "rgb" mode of a large 3-channel image read in strips (``fit_palette_strips``), returning
+        its (H, W) labels; the same centroids and labels as ``fit`` and ``predict`` on the joined array.
+        None (nothing fitted) when the strip path does not apply: the caller then joins the strips."""
+        k, mode = self._check_params()
+        if mode != "rgb" or self._engine != "auto":
+            return None
+        fitted = fit_palette_strips(strips, height, width, k, seed=int(self.seed), max_iter=int(self.max_iter))
+        if fitted is None:
+            return None
+        self._fitted_labels = None
+        self.centroids_, self.inertia_ = fitted.palette, fitted.sse
+        self.mode_ = mode
+        self.n_channels_ = 3
+        return fitted.labels
 
     # -- applying -------------------------------------------------------------------------------
 

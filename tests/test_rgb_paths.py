@@ -336,3 +336,54 @@ def test_encoder_reuses_the_fit_and_writes_what_the_filter_makes(china, mode, op
         counted = as_palette_image(fitted.to_image())
         assert palette.mode == counted.mode == "P" and palette.tobytes() == counted.tobytes()
         assert palette.getpalette() == counted.getpalette()
+
+
+# --- large images read in strips, labels relabelled in place ------------------------------------
+
+
+def test_large_rgb_fit_reads_strips_and_matches_the_joined_array(flower, monkeypatch):
+    """fit_image of an RGB image of >= NUMBA_MIN_PIXELS reads it in strips (no joined copy); same palette,
+    labels and error as fitting the joined array."""
+    from kquant_codec import quantize
+
+    arr = upscale(flower, 2.3)
+    img = Image.fromarray(arr)
+    expected = KMeansQuantizer(64).fit(arr)
+    expected_labels = expected.predict(arr)
+
+    def no_join(*args, **kwargs):
+        raise AssertionError("the strip path should not join the image")
+
+    monkeypatch.setattr(quantize, "split_image", no_join)
+    fitted = quantize.fit_image(img, 64)
+    np.testing.assert_array_equal(fitted.quantizer.centroids_, expected.centroids_)
+    np.testing.assert_array_equal(fitted.labels, expected_labels)
+    assert fitted.quantizer.inertia_ == expected.inertia_ == check_exact(arr, expected.centroids_, expected_labels)
+
+
+def test_strip_labelling_checks_the_pixel_count():
+    K = kmeans_colour._kernels()
+    strip = np.zeros((2, 5, 3), np.uint8)
+    lut = np.zeros(1 << 24, np.uint8)
+    assert K.label_strips(lambda: [strip, strip], 20, lut).shape == (20,)
+    with pytest.raises(ValueError, match="more pixels"):
+        K.label_strips(lambda: [strip, strip, strip], 20, lut)
+    with pytest.raises(ValueError, match="fewer pixels"):
+        K.label_strips(lambda: [strip], 20, lut)
+
+
+def test_native_payload_relabels_the_fit_in_place_and_gives_it_back(china):
+    from kquant_codec import encoder, quantize
+
+    fitted = quantize.fit_image(china, 32)
+    before = fitted.labels.copy()
+    copied = encoder._native_candidates(encoder._Deferred(fitted), "rgb", "keep", fitted)
+    in_place = encoder._native_candidates(encoder._Deferred(fitted), "rgb", "keep", fitted, in_place=True)
+    assert copied == in_place
+    np.testing.assert_array_equal(fitted.labels, before)
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 200, (1100, 1000), dtype=np.uint8)  # more than one block of 2**20
+    lut = rng.permutation(256).astype(np.uint8)
+    want = lut[labels]
+    encoder._relabel_in_place(lut, labels)
+    np.testing.assert_array_equal(labels, want)
