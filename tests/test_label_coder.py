@@ -208,14 +208,15 @@ def test_first_compile_is_announced_once_then_cached(tmp_path):
 
 
 def test_stripes_hand_freed_memory_back_after_each_stripe(monkeypatch):
-    """Multi-stripe jobs call malloc_trim (when the C library has it) after every stripe, results in order."""
+    """Multi-stripe jobs call malloc_trim (when the C library has it) before and after every stripe; results in
+    order."""
     from kquant_codec import label_coder
 
     calls = []
     monkeypatch.setattr(label_coder, "_TRIM", [calls.append])
     assert label_coder._map_stripes(lambda x: x * x, [3, 1, 2]) == [9, 1, 4]
-    assert calls == [0, 0, 0]
+    assert calls == [0, 0, 0, 0]  # once before the first stripe, then after each
     assert label_coder._map_stripes(lambda x: -x, [5]) == [-5]  # one stripe: nothing to hand back
-    assert calls == [0, 0, 0]
+    assert calls == [0, 0, 0, 0]
     monkeypatch.setattr(label_coder, "_TRIM", [None])  # no malloc_trim (not glibc): plain calls
     assert label_coder._map_stripes(lambda x: x + 1, [1, 2]) == [2, 3]
