@@ -489,54 +489,69 @@ def _native_candidates(
 
 
 def _native_files(img: Image.Image, layouts: list[_Layout]) -> list[bytes]:
-    files = []
-    alpha_streams: dict[int, tuple[int, bytes]] = {}
-    for layout, streams in _shortlist(img, layouts):
-        narrow = max(layout.table_sizes) <= 16
-        header = _header_for(img, layout)
-        context, predictive = _label_streams(layout, header, img.width * img.height <= _SIDE_BY_SIDE_MAX_PIXELS)
-        best_labels = (False, CODEC_CONTEXT, context)
-        if predictive is not None and len(predictive) < len(context):  # ties go to codec 3
-            best_labels = (False, CODEC_PREDICTIVE, predictive)
-        # zlib 9 and LZMA2 9e cost several times codec 3's time; try them only when a quick LZMA2 preset-1
-        # probe of one packing (the packed one when there is one: its probe was the smaller in every case
-        # measured, and it is the quicker) says they could win (``_LZMA_GAIN``). Then both packings get them:
-        # 9e does not always prefer the packing preset 1 does (rendered text at k = 4: unpacked 17% smaller).
-        unpacked_bytes = _with(header, packed=False).label_raw_length
+    alpha_streams: dict[int, tuple[int, bytes]] = {}  # an alpha plane shared by layouts is coded once
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kq-probe") as pool:
+        return [_native_file(img, layout, streams, pool, alpha_streams) for layout, streams in _shortlist(img, layouts)]
+
+
+def _native_file(
+    img: Image.Image,
+    layout: _Layout,
+    streams: dict[bool, bytes] | None,
+    pool: ThreadPoolExecutor,
+    alpha_streams: dict[int, tuple[int, bytes]],
+) -> bytes:
+    """The smallest native file of one layout: codec 3 or 4, or (small images) a stored, zlib or LZMA2 stream."""
+    narrow = max(layout.table_sizes) <= 16
+    header = _header_for(img, layout)
+    unpacked_bytes = _with(header, packed=False).label_raw_length
+    # zlib 9 and LZMA2 9e cost several times codec 3's time; try them only when a quick LZMA2 preset-1
+    # probe of one packing (the packed one when there is one: its probe was the smaller in every case
+    # measured, and it is the quicker) says they could win (``_LZMA_GAIN``). Then both packings get them:
+    # 9e does not always prefer the packing preset 1 does (rendered text at k = 4: unpacked 17% smaller).
+    # At this size the raw streams are always needed, and the probe runs while codec 3 codes (liblzma
+    # releases the GIL): a tenth of a small image's encode time.
+    probe = None
+    if unpacked_bytes <= _SLOW_CODECS_MAX_BYTES:
         if streams is None:
-            packable = any(plane_depth(m) < 8 for m in layout.table_sizes)
-            stored_bytes = _with(header, packed=packable).label_raw_length
-            if unpacked_bytes > _SLOW_CODECS_MAX_BYTES and stored_bytes >= len(best_labels[2]):
-                streams = {}  # only "stored" could compete here, and it is the larger
-            else:
-                streams = _raw_streams(img, layout)
-        slow = False
-        if streams and unpacked_bytes <= _SLOW_CODECS_MAX_BYTES:
-            slow = _LZMA_GAIN * len(context) > _lzma_probe(streams[max(streams)])
-        for packed, raw in streams.items():
-            if not slow:
-                codec, stream = CODEC_STORED, raw
-            else:
-                codec, stream = _best_stream(raw, narrow)
-            if len(stream) < len(best_labels[2]):  # ties: codec 3, then the first found
-                best_labels = (packed, codec, stream)
-        packed, codec, stream = best_labels
-        alpha_codec, alpha_stream = CODEC_STORED, b""
-        if layout.alpha_plane is not None:
-            key = id(layout.alpha_plane)
-            if key not in alpha_streams:
-                alpha_streams[key] = _best_stream(np.ascontiguousarray(layout.alpha_plane).tobytes(), False)
-            alpha_codec, alpha_stream = alpha_streams[key]
-        header = _with(
-            header,
-            packed=packed,
-            label_codec=codec,
-            label_length=len(stream),
-            alpha_codec=alpha_codec,
-            alpha_length=len(alpha_stream),
-        )
-        files.append(pack_file(header, stream, alpha_stream))
-    return files
+            streams = _raw_streams(img, layout)
+        if streams:
+            probe = pool.submit(_lzma_probe, streams[max(streams)])
+    context, predictive = _label_streams(layout, header, img.width * img.height <= _SIDE_BY_SIDE_MAX_PIXELS)
+    best_labels = (False, CODEC_CONTEXT, context)
+    if predictive is not None and len(predictive) < len(context):  # ties go to codec 3
+        best_labels = (False, CODEC_PREDICTIVE, predictive)
+    if streams is None:  # (larger images only)
+        packable = any(plane_depth(m) < 8 for m in layout.table_sizes)
+        stored_bytes = _with(header, packed=packable).label_raw_length
+        if stored_bytes >= len(best_labels[2]):
+            streams = {}  # only "stored" could compete here, and it is the larger
+        else:
+            streams = _raw_streams(img, layout)
+    slow = probe is not None and _LZMA_GAIN * len(context) > probe.result()
+    for packed, raw in streams.items():
+        if not slow:
+            codec, stream = CODEC_STORED, raw
+        else:
+            codec, stream = _best_stream(raw, narrow)
+        if len(stream) < len(best_labels[2]):  # ties: codec 3, then the first found
+            best_labels = (packed, codec, stream)
+    packed, codec, stream = best_labels
+    alpha_codec, alpha_stream = CODEC_STORED, b""
+    if layout.alpha_plane is not None:
+        key = id(layout.alpha_plane)
+        if key not in alpha_streams:
+            alpha_streams[key] = _best_stream(np.ascontiguousarray(layout.alpha_plane).tobytes(), False)
+        alpha_codec, alpha_stream = alpha_streams[key]
+    header = _with(
+        header,
+        packed=packed,
+        label_codec=codec,
+        label_length=len(stream),
+        alpha_codec=alpha_codec,
+        alpha_length=len(alpha_stream),
+    )
+    return pack_file(header, stream, alpha_stream)
 
 
 def _with(header: KqHeader, **changes: Any) -> KqHeader:
