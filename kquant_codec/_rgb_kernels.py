@@ -95,23 +95,22 @@ def distinct_colours(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-@njit(**_OPTS)
-def _count(flat, counts):
-    """Count (N, 3) uint8 pixels into ``counts`` ((2**24,) uint32), indexed by 24-bit colour key."""
-    for i in range(flat.shape[0]):
-        counts[(np.int64(flat[i, 0]) << 16) | (np.int64(flat[i, 1]) << 8) | np.int64(flat[i, 2])] += 1
-
-
 def distinct_colours_of_strips(strips) -> tuple[np.ndarray, np.ndarray]:
     """``distinct_colours`` of an image given as strips: ``strips()`` yields (rows, W, 3) uint8 arrays.
 
-    One 64 MB count table and one pass (the strips are not kept, so the half-table trick, which reads the
-    pixels twice, would read the image out of its source twice).
+    The same two half tables (32 MB), so the strips are read twice; reading a strip out of Pillow costs far
+    less than the 32 MB a whole table would add to the peak.
     """
-    counts = np.zeros(1 << 24, np.uint32)
-    for strip in strips():
-        _count(np.ascontiguousarray(strip).reshape(-1, 3), counts)
-    return _extract(counts, 0)
+    counts = np.zeros(1 << 23, np.uint32)
+    parts = []
+    for half in (0, 1):
+        if half:
+            counts[:] = 0
+        for strip in strips():
+            _count_half(np.ascontiguousarray(strip).reshape(-1, 3), counts, half)
+        parts.append(_extract(counts, half << 23))
+    del counts
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 @njit(**_OPTS)
