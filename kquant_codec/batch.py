@@ -257,17 +257,33 @@ def _init_pool_worker(interruptible: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+_SIGINT_SEEN: list[bool] = [False]  # in a pool worker: whether SIGINT came during the current file
+
+
+def _note_sigint(signum: int, frame: Any) -> None:
+    _SIGINT_SEEN[0] = True
+    raise KeyboardInterrupt
+
+
 def _pool_process(task: _Task) -> FileResult:
-    """``_process`` in a pool worker: SIGINT interrupts the file (its temporary file is removed)."""
+    """``_process`` in a pool worker: SIGINT interrupts the file (its temporary file is removed).
+
+    The signal is also noted: a KeyboardInterrupt raised while a numba kernel returns surfaces as a
+    ``SystemError`` ("returned a result with an exception set"), which ``_process`` reports as a failure; a
+    file during which SIGINT came is reported interrupted whatever became of the exception.
+    """
     if not _INTERRUPTIBLE:
         return _process(task)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _SIGINT_SEEN[0] = False
+    signal.signal(signal.SIGINT, _note_sigint)
+    interrupted = FileResult(task.rel, task.out_rel, "interrupted", error="interrupted by SIGINT")
     try:
-        return _process(task)
+        result = _process(task)
     except KeyboardInterrupt:
-        return FileResult(task.rel, task.out_rel, "interrupted", error="interrupted by SIGINT")
+        return interrupted
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return interrupted if _SIGINT_SEEN[0] and result.status != "done" else result
 
 
 # --- finding the files ---------------------------------------------------------------------------------
@@ -536,6 +552,15 @@ def _run_pool(tasks: list[_Task], jobs: int, report: Callable[..., None]) -> Non
                         continue
                     except Exception as exc:  # the task could not even be run (e.g. not picklable)
                         result = FileResult(task.rel, task.out_rel, "failed", error=f"{type(exc).__name__}: {exc}")
+                    if result.status == "interrupted":
+                        # A Ctrl-C to the process group reaches the workers and this process at about the same
+                        # time, and a worker's answer can come first: queue the file again rather than count it
+                        # (our own KeyboardInterrupt follows and leaves it not done). A worker interrupted on
+                        # its own retries the file, and fails it at MAX_ATTEMPTS.
+                        attempts[task.rel] += 1
+                        if attempts[task.rel] < MAX_ATTEMPTS:
+                            pending.appendleft(task)
+                            continue
                     report(task, result)
             if broken:
                 wait(list(inflight))  # a broken pool resolves every future it holds

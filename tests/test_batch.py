@@ -353,6 +353,32 @@ def test_interrupted_run_leaves_whole_files_a_summary_and_resumes(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_worker_interrupted_alone_retries_its_file(slow_tree, slow_reference, tmp_path):
+    """SIGINT to one pool worker only (the parent is not interrupted): the file it was converting is tried
+    again, not failed. (A Ctrl-C to the whole group can reach a worker before the parent; the same retry keeps
+    that file "not done" instead of "failed" then.)"""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "out"
+    argv = [*KQUANT, "batch", str(slow_tree), str(out), "-k", "64", "--jobs", "2", "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_enabled)
+    deadline = time.monotonic() + 120
+    workers: list = []
+    while not workers or _state_lines(out) < 1:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"kquant batch finished or stalled before a worker could be interrupted: {proc.communicate()}")
+        children = psutil.Process(proc.pid).children()
+        workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        time.sleep(0.02)
+    for worker in workers:  # busy ones stop their file; idle ones ignore SIGINT
+        os.kill(worker.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["encoded"] == SLOW_COUNT and summary["failed"] == 0, summary
+    _check_outputs_whole(slow_reference, out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
 def test_killed_worker_is_survived(slow_tree, slow_reference, tmp_path):
     """SIGKILL to a pool worker mid-run: its files are tried again in a new pool; the run still succeeds."""
     psutil = pytest.importorskip("psutil")
