@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 import kquant_codec as kq
+from kquant_codec.interrupts import noting_sigint, sigint_seen
 from kquant_codec.safe_write import atomic_output
 
 __all__ = ["BatchError", "BatchSummary", "FileResult", "run_batch", "SUMMARY_NAME", "STATE_NAME"]
@@ -257,33 +258,26 @@ def _init_pool_worker(interruptible: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-_SIGINT_SEEN: list[bool] = [False]  # in a pool worker: whether SIGINT came during the current file
-
-
-def _note_sigint(signum: int, frame: Any) -> None:
-    _SIGINT_SEEN[0] = True
-    raise KeyboardInterrupt
-
-
 def _pool_process(task: _Task) -> FileResult:
     """``_process`` in a pool worker: SIGINT interrupts the file (its temporary file is removed).
 
-    The signal is also noted: a KeyboardInterrupt raised while a numba kernel returns surfaces as a
-    ``SystemError`` ("returned a result with an exception set"), which ``_process`` reports as a failure; a
-    file during which SIGINT came is reported interrupted whatever became of the exception.
+    A file during which SIGINT came is reported interrupted even when the KeyboardInterrupt surfaced as
+    another error (``interrupts``: inside numba it becomes a ``SystemError``, which ``_process`` reports).
     """
     if not _INTERRUPTIBLE:
         return _process(task)
-    _SIGINT_SEEN[0] = False
-    signal.signal(signal.SIGINT, _note_sigint)
     interrupted = FileResult(task.rel, task.out_rel, "interrupted", error="interrupted by SIGINT")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        result = _process(task)
+        with noting_sigint():
+            result = _process(task)
+            if sigint_seen() and result.status != "done":
+                return interrupted
+            return result
     except KeyboardInterrupt:
         return interrupted
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return interrupted if _SIGINT_SEEN[0] and result.status != "done" else result
 
 
 # --- finding the files ---------------------------------------------------------------------------------
@@ -505,7 +499,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _run_serial(tasks: Iterable[_Task], report: Callable[[_Task, FileResult], None]) -> None:
     for task in tasks:
-        report(task, _process(task))
+        with noting_sigint():
+            result = _process(task)
+            if sigint_seen() and result.status != "done":  # a Ctrl-C that numba turned into an error
+                raise KeyboardInterrupt
+        report(task, result)
 
 
 def _stop_workers(before: set[int]) -> None:

@@ -491,8 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
+    from kquant_codec.interrupts import noting_sigint, sigint_seen
+
     try:
-        return args.func(args)
+        with noting_sigint():
+            return args.func(args)
     except CliError as exc:
         print(f"kquant: error: {exc}", file=sys.stderr)
         return exc.code
@@ -502,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # a bug: still one line, unless debugging
+        if sigint_seen():  # a Ctrl-C that numba turned into an error ("returned a result with an exception set")
+            print("kquant: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if os.environ.get("KQUANT_DEBUG"):
             raise
         print(f"kquant: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -1,0 +1,72 @@
+"""Ctrl-C that numba turns into a SystemError is still reported as an interruption."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from kquant_codec import batch, cli
+from kquant_codec.interrupts import noting_sigint, sigint_seen
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+
+
+def _swallowed_ctrl_c():
+    """What a SIGINT landing while a numba kernel returns looks like to the caller."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    except KeyboardInterrupt:
+        raise SystemError("CPUDispatcher(<function k>) returned a result with an exception set") from None
+    raise AssertionError("SIGINT did not arrive")
+
+
+@pytest.fixture
+def default_sigint():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_noting_sigint_notes_raises_nests_and_restores(default_sigint):
+    with noting_sigint():
+        assert not sigint_seen()
+        with noting_sigint():  # nested: still noted, the outer handler comes back
+            pass
+        with pytest.raises(SystemError):
+            _swallowed_ctrl_c()
+        assert sigint_seen()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job: left alone
+    with noting_sigint():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_cli_reports_a_swallowed_ctrl_c_as_interrupted(default_sigint, monkeypatch, capsys):
+    parser = cli.build_parser()
+
+    def interrupted(args):
+        _swallowed_ctrl_c()
+
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: type("Args", (), {"func": staticmethod(interrupted)})())
+    assert cli.main(["info", "x"]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == "kquant: interrupted"
+
+
+def test_serial_batch_stops_on_a_swallowed_ctrl_c(default_sigint, monkeypatch):
+    def process(task):
+        try:
+            _swallowed_ctrl_c()
+        except SystemError as exc:
+            return batch.FileResult(task, task, "failed", error=str(exc))
+
+    monkeypatch.setattr(batch, "_process", process)
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        batch._run_serial(["a", "b"], lambda task, result: seen.append(task))
+    assert seen == []  # the file is not counted, and the run stops
