@@ -352,28 +352,34 @@ def test_interrupted_run_leaves_whole_files_a_summary_and_resumes(
     _check_outputs_whole(slow_reference, out)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
-def test_worker_interrupted_alone_retries_its_file(slow_tree, slow_reference, tmp_path):
-    """SIGINT to one pool worker only (the parent is not interrupted): the file it was converting is tried
-    again, not failed. (A Ctrl-C to the whole group can reach a worker before the parent; the same retry keeps
-    that file "not done" instead of "failed" then.)"""
+def _run_and_signal_workers(slow_tree: Path, out: Path, sig: signal.Signals, every: bool, **popen) -> dict:
+    """A 2-worker batch run; once a file is done, ``sig`` to its first pool worker (or to ``every`` one).
+    Returns the summary of the run, which must end with exit code 0."""
     psutil = pytest.importorskip("psutil")
-    out = tmp_path / "out"
     argv = [*KQUANT, "batch", str(slow_tree), str(out), "-k", "64", "--jobs", "2", "--no-progress"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_enabled)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     deadline = time.monotonic() + 120
     workers: list = []
     while not workers or _state_lines(out) < 1:
         if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"kquant batch finished or stalled before a worker could be interrupted: {proc.communicate()}")
+            pytest.fail(f"kquant batch finished or stalled before its workers could be signalled: {proc.communicate()}")
         children = psutil.Process(proc.pid).children()
         workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
         time.sleep(0.02)
-    for worker in workers:  # busy ones stop their file; idle ones ignore SIGINT
-        os.kill(worker.pid, signal.SIGINT)
+    for worker in workers if every else workers[:1]:
+        os.kill(worker.pid, sig)
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr
-    summary = json.loads((out / SUMMARY_NAME).read_text())
+    return json.loads((out / SUMMARY_NAME).read_text())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_worker_interrupted_alone_retries_its_file(slow_tree, slow_reference, tmp_path):
+    """SIGINT to the pool workers only (the parent is not interrupted): a file being converted is tried
+    again, not failed (busy workers stop their file; idle ones ignore SIGINT). (A Ctrl-C to the whole group
+    can reach a worker before the parent; the same retry keeps that file "not done" instead of "failed".)"""
+    out = tmp_path / "out"
+    summary = _run_and_signal_workers(slow_tree, out, signal.SIGINT, True, preexec_fn=_ctrl_c_enabled)
     assert summary["encoded"] == SLOW_COUNT and summary["failed"] == 0, summary
     _check_outputs_whole(slow_reference, out)
 
@@ -381,22 +387,8 @@ def test_worker_interrupted_alone_retries_its_file(slow_tree, slow_reference, tm
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
 def test_killed_worker_is_survived(slow_tree, slow_reference, tmp_path):
     """SIGKILL to a pool worker mid-run: its files are tried again in a new pool; the run still succeeds."""
-    psutil = pytest.importorskip("psutil")
     out = tmp_path / "out"
-    argv = [*KQUANT, "batch", str(slow_tree), str(out), "-k", "64", "--jobs", "2", "--no-progress"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    workers: list = []
-    while not workers or _state_lines(out) < 1:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"kquant batch finished or stalled before a worker could be killed: {proc.communicate()}")
-        children = psutil.Process(proc.pid).children()
-        workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
-        time.sleep(0.02)
-    os.kill(workers[0].pid, signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 0, stderr
-    summary = json.loads((out / SUMMARY_NAME).read_text())
+    summary = _run_and_signal_workers(slow_tree, out, signal.SIGKILL, False)
     assert summary["encoded"] == SLOW_COUNT and summary["failed"] == 0
     _check_outputs_whole(slow_reference, out)
     assert len(list(out.rglob("*.kq"))) == SLOW_COUNT
