@@ -311,16 +311,21 @@ def _assign_range(P, c, order, cdist, idx, W, start, stop):
 
 
 @njit(**_OPTS)
-def kpp_step(p, wf, closest, cum, u):
+def kpp_step(p, wf, closest, cum, u, near, centres, m):
     """One greedy k-means++ step on weighted points; returns the chosen point, or -1 when every point
     already sits on a centre.
 
     p (n, C) int64 fixed-point points, wf (n,) float64 weights, closest (n,) float64 squared distance of
-    each point to its nearest chosen centre (updated in place), cum (n,) float64 scratch, u (t,) float64
-    uniform draws in [0, 1), one per candidate. Candidates are D^2-sampled (the first index whose running
-    sum of weight * distance exceeds u * total); the one whose choice leaves the least total weighted
-    distance wins, ties to the earlier draw. Every value is an integer below 2**53, so the float64 sums
-    are exact and the result equals ``kmeans_colour._kpp``'s numpy step in any summation order.
+    each point to its nearest chosen centre, near (n,) int64 that centre's number, centres (k, C) int64 the
+    m centres chosen so far (both updated in place: the new one becomes number m), cum (n,) float64 scratch,
+    u (t,) float64 uniform draws in [0, 1), one per candidate. Candidates are D^2-sampled (the first index
+    whose running sum of weight * distance exceeds u * total); the one whose choice leaves the least total
+    weighted distance wins, ties to the earlier draw.
+
+    A candidate c can only bring point i closer when |c - centre(near_i)| < 2 sqrt(closest_i) (triangle
+    inequality; tested exactly on squares of integers), so the other points are skipped. Every value is an
+    integer below 2**53, so the float64 sums are exact and the result equals ``kmeans_colour._kpp``'s numpy
+    step.
     """
     n, ch = p.shape
     acc = 0.0
@@ -345,32 +350,47 @@ def kpp_step(p, wf, closest, cum, u):
     for t in range(trials):
         for a in range(ch):
             cp[t, a] = p[cands[t], a]
-    cost = np.zeros(trials, np.float64)
+    gap = np.empty((trials, m), np.float64)  # squared distance from each candidate to each centre
+    for t in range(trials):
+        for j in range(m):
+            s = 0
+            for a in range(ch):
+                e = cp[t, a] - centres[j, a]
+                s += e * e
+            gap[t, j] = s
+    saved = np.zeros(trials, np.float64)  # how much each candidate lowers the total
     for i in range(n):  # one pass over the points for all candidates
         ci = closest[i]
-        wi = wf[i]
+        g = near[i]
         for t in range(trials):
+            if gap[t, g] >= 4.0 * ci:
+                continue
             d = 0
             for a in range(ch):
                 e = p[i, a] - cp[t, a]
                 d += e * e
             if d < ci:
-                cost[t] += wi * np.float64(d)
-            else:
-                cost[t] += wi * ci
+                saved[t] += wf[i] * (ci - np.float64(d))
     best = cands[0]
-    best_cost = cost[0]
+    best_saved = saved[0]
+    best_t = 0
     for t in range(1, trials):
-        if cost[t] < best_cost:
-            best_cost = cost[t]
+        if saved[t] > best_saved:
+            best_saved = saved[t]
             best = cands[t]
+            best_t = t
+    for a in range(ch):
+        centres[m, a] = p[best, a]
     for i in range(n):
+        if gap[best_t, near[i]] >= 4.0 * closest[i]:
+            continue
         d = 0
         for a in range(ch):
             e = p[i, a] - p[best, a]
             d += e * e
         if d < closest[i]:
             closest[i] = d
+            near[i] = m
     return best
 
 

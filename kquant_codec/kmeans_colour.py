@@ -348,8 +348,11 @@ def _kpp(p, w, k, rng, K=None):
     if K is not None:
         pi = np.ascontiguousarray(p, dtype=np.int64)
         cum = np.empty(n, np.float64)
-        for _ in range(1, k):
-            pick = K.kpp_step(pi, wf, closest, cum, rng.random(trials))
+        near = np.zeros(n, np.int64)
+        centres = np.empty((k, p.shape[1]), np.int64)
+        centres[0] = pi[first]
+        for m in range(1, k):
+            pick = K.kpp_step(pi, wf, closest, cum, rng.random(trials), near, centres, m)
             if pick < 0:
                 break
             chosen.append(int(pick))
