@@ -84,15 +84,7 @@ def _extract(counts, offset):
 def distinct_colours(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct colours of (N, 3) uint8 pixels (N < 2**31) as 24-bit keys (M,) int32, ascending (= tuple
     order), and how many pixels have each, (M,) int32."""
-    counts = np.zeros(1 << 23, np.uint32)
-    parts = []
-    for half in (0, 1):
-        if half:
-            counts[:] = 0
-        _count_half(flat, counts, half)
-        parts.append(_extract(counts, half << 23))
-    del counts
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return distinct_colours_of_strips(lambda: (flat,))
 
 
 def distinct_colours_of_strips(strips) -> tuple[np.ndarray, np.ndarray]:

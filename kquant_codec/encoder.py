@@ -179,7 +179,7 @@ def _candidates_alongside(
         native = min(map(len, candidates), default=None)
         if native is not None:
             wait([quick, job], return_when=FIRST_COMPLETED)
-            if quick.done() and native * 2 <= quick.result():
+            if quick.done() and not _png_may_pay(native, quick.result()):
                 return candidates
         png = job.result()
         return candidates + ([png] if png is not None else [])
@@ -308,7 +308,8 @@ def _fitted_layout(fitted: QuantizedImage, in_place: bool = False) -> _Layout:
     tables = np.ascontiguousarray(table[order]).tobytes()
     if in_place and fitted.labels.flags.c_contiguous and fitted.labels.flags.writeable:
         _relabel_in_place(rank, fitted.labels)
-        return _Layout("rgb", kind, table.shape[1], (order.size,), tables, fitted.labels, fitted.alpha, order)
+        restore = order.astype(np.uint8)
+        return _Layout("rgb", kind, table.shape[1], (order.size,), tables, fitted.labels, fitted.alpha, restore)
     return _Layout("rgb", kind, table.shape[1], (order.size,), tables, rank[fitted.labels], fitted.alpha)
 
 
@@ -485,7 +486,7 @@ def _native_candidates(
     finally:
         for layout in layouts:
             if layout.restore is not None:
-                _relabel_in_place(layout.restore.astype(np.uint8), layout.labels)
+                _relabel_in_place(layout.restore, layout.labels)
 
 
 def _native_files(img: Image.Image, layouts: list[_Layout]) -> list[bytes]:
@@ -601,6 +602,12 @@ def _png_options(version: Image.Image) -> dict[str, Any]:
     return {"compress_level": 6}
 
 
+def _png_may_pay(native_bytes: int, quick_png_bytes: int) -> bool:
+    """The rule for building the full PNG candidate: unless the native payload is under half the quick level-1
+    PNG (a measured heuristic; see ``_png_candidate``)."""
+    return native_bytes * 2 > quick_png_bytes
+
+
 class _Cancelled(Exception):
     """Raised from a ``_StoppableBuffer`` write once its event is set."""
 
@@ -654,7 +661,7 @@ def _png_candidate(
             return None
         if quick is not None:
             quick.set_result(first.tell())
-        if native_bytes is not None and native_bytes * 2 <= first.tell():
+        if native_bytes is not None and not _png_may_pay(native_bytes, first.tell()):
             return None
     streams = []
     for version in versions:
