@@ -786,9 +786,6 @@ def _map_stripes(fn, items: list) -> list:
     workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     if len(items) > 1:
         fn = _trimming(fn)
-        trim = _malloc_trim()
-        if trim is not None:  # and once before: what the caller freed (a fit's arrays) goes back too
-            trim(0)
     if workers <= 1:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kq-stripe") as pool:
@@ -797,12 +794,15 @@ def _map_stripes(fn, items: list) -> list:
 
 def _trimming(fn):
     """``fn``, then the C heap's free memory handed back to the system (glibc ``malloc_trim``; a no-op where
-    there is none). Each stripe frees 10-25 MB of buffers, which glibc keeps in per-thread heaps once its
-    mmap threshold has risen: at 24 MP that held about 45 MB more at the peak than any one moment needs
-    (and trimming once before the first stripe another 17 MB, freed by the fit but kept by glibc)."""
+    there is none); and once now, before the first stripe, for what the caller freed (a fit's arrays).
+
+    Each stripe frees 10-25 MB of buffers, which glibc keeps in per-thread heaps once its mmap threshold has
+    risen: at 24 MP that held about 45 MB more at the peak than any one moment needs (and the trim before the
+    first stripe another 17 MB, freed by the fit but kept by glibc)."""
     trim = _malloc_trim()
     if trim is None:
         return fn
+    trim(0)
 
     def run(x):
         out = fn(x)
