@@ -100,6 +100,7 @@ def distinct_colours_of_strips(strips) -> tuple[np.ndarray, np.ndarray]:
             counts[:] = 0
         for strip in strips():
             _count_half(np.ascontiguousarray(strip).reshape(-1, 3), counts, half)
+            del strip  # before the next strip is read, not after
         parts.append(_extract(counts, half << 23))
     del counts
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -433,6 +434,7 @@ def label_strips(strips, n: int, lut: np.ndarray) -> np.ndarray:
             raise ValueError("the strips hold more pixels than the image")
         _run_ranges(_label_range, flat.shape[0], flat, lut, out[pos : pos + flat.shape[0]])
         pos += flat.shape[0]
+        del strip, flat  # before the next strip is read, not after
     if pos != n:
         raise ValueError("the strips hold fewer pixels than the image")
     return out

@@ -52,6 +52,8 @@ from types import ModuleType
 
 import numpy as np
 
+from ._heap import release_free_memory
+
 __all__ = ["PaletteFit", "fit_palette", "fit_palette_strips", "label_pixels", "nearest_colour", "ENGINES"]
 
 ENGINES = ("auto", "numpy", "numba")
@@ -646,6 +648,8 @@ def _fit_big(K, colours, labels_of, k, seed, iters):
     every pixel through a 2**24 colour -> label table.
     """
     keys, W = colours
+    del colours  # (else its tuple keeps W alive through the labelling)
+    release_free_memory()  # the colour count's tables and strip copies
     P = K.points_from_keys(keys, FIX)
     if keys.size <= k:  # lossless
         palette, label_of, err = (P // FIX).astype(np.uint8), np.arange(keys.size, dtype=np.uint8), 0
@@ -659,6 +663,9 @@ def _fit_big(K, colours, labels_of, k, seed, iters):
     del P, W
     lut = np.zeros(1 << 24, np.uint8)  # colour -> label, filled at the distinct colours only
     lut[keys] = label_of
+    del keys, label_of
+    # The labels (a byte per pixel) come next: let them reuse the fit's freed memory rather than add to it.
+    release_free_memory()
     return palette, labels_of(lut), err // (FIX * FIX)
 
 

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
+from ._heap import release_free_memory
+
 __all__ = ["encode_plane", "decode_plane", "encode_label_planes", "decode_label_planes", "STREAM_VERSION"]
 
 STREAM_VERSION = 1
@@ -41,6 +43,10 @@ NECTX1 = 45
 W_INIT = 2048
 MAX_STRIPE_ROWS = 1 << 16
 DEFAULT_STRIPE_PIXELS = 1 << 21
+# Symbol rows of at least _MAPPED_MIN entries (stripes of about 0.5 MP and up) get at least _MAPPED_ROW:
+# 2 rows x 2 bytes x 2^23 = 32 MiB, glibc's largest mmap threshold.
+_MAPPED_MIN = 1 << 20
+_MAPPED_ROW = 1 << 23
 
 # RCP[i] ~ 2^22 / frequency for frequencies in [32 i, 32 i + 31]: the weight step (f2 - f1) * 64 / fm
 RCP = np.array([(1 << 22) // (32 * i + 16) for i in range(TOT >> 5)], dtype=np.int64)
@@ -125,7 +131,9 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, 
     # cold cache compiles it once (the branches on dec are perfectly predictable)
     H = lab.shape[0] if not dec else out.shape[0]
     W = lab.shape[1] if not dec else out.shape[1]
-    P = np.zeros((H + 2, W + 4), np.int32)
+    # The rows y, y-1 and y-2 of the labels, padded (2 left, 2 right): a ring of three rows, not the stripe,
+    # so a 2-megapixel stripe holds 72 KB here instead of 8 MB. Rows before the first are zeros.
+    P = np.zeros((3, W + 4), np.int32)
     t5 = TOT - NS
     # models
     q1 = np.empty((NCTX1, NS + 1), np.int16)
@@ -174,8 +182,14 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, 
     qbm = np.zeros(NB + 1, np.int64)
 
     # coder state
-    st = np.empty(16 if dec else 2 * H * W + 8 * H + 16, np.uint16)
-    fr = np.empty(st.shape[0], np.uint16)  # every frequency is < 2^15
+    # (start, frequency) of every symbol, one row each; every frequency is < 2^15. A large stripe's rows are
+    # sized to make the block >= 32 MiB (of address space: only the pages written count), so that glibc maps
+    # it afresh and unmaps it when freed: freed heap memory of a worker thread's arena stays resident, which at
+    # 24 MP kept 30 MB after the coding phase, into the next phase's peak.
+    cap = 16 if dec else 2 * H * W + 8 * H + 16
+    sym = np.empty((2, cap if cap < _MAPPED_MIN else max(cap, _MAPPED_ROW)), np.uint16)
+    st = sym[0]
+    fr = sym[1]
     k = 0
     x = np.int64(0)
     pos = w0
@@ -190,12 +204,14 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, 
     # row hashes for row-copy detection (encoder only): compare candidate rows exactly
     prevflag = 0
     for y in range(H):
-        r0 = y + 2
+        r0 = (y + 2) % 3  # ring rows of y, y-1, y-2
+        r1 = (y + 1) % 3
+        r2 = y % 3
         # left padding of this row: value above column 0; right padding of the row above
-        P[r0, 0] = P[r0 - 1, 2]
-        P[r0, 1] = P[r0 - 1, 2]
-        P[r0 - 1, W + 2] = P[r0 - 1, W + 1]
-        P[r0 - 1, W + 3] = P[r0 - 1, W + 1]
+        P[r0, 0] = P[r1, 2]
+        P[r0, 1] = P[r1, 2]
+        P[r1, W + 2] = P[r1, W + 1]
+        P[r1, W + 3] = P[r1, W + 1]
         if y > 0:
             # ---- row-copy flag
             flag = 0
@@ -271,11 +287,15 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, 
                 d = dm1 + 1
                 if d > y:
                     return _ERR_SYM, st, fr, 0
-                for xx in range(W):
-                    P[r0, xx + 2] = P[r0 - d, xx + 2]
+                # row y repeats row y-d (of the input, or of the output decoded so far)
                 if dec:
                     for xx in range(W):
-                        out[y, xx] = P[r0, xx + 2]
+                        v = out[y - d, xx]
+                        out[y, xx] = v
+                        P[r0, xx + 2] = v
+                else:
+                    for xx in range(W):
+                        P[r0, xx + 2] = lab[y - d, xx]
                 continue
 
         rl = 0
@@ -285,12 +305,12 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, 
         for xc in range(W):
             c0 = xc + 2
             L = P[r0, c0 - 1]
-            T = P[r0 - 1, c0]
-            TR = P[r0 - 1, c0 + 1]
-            TL = P[r0 - 1, c0 - 1]
+            T = P[r1, c0]
+            TR = P[r1, c0 + 1]
+            TL = P[r1, c0 - 1]
             LL = P[r0, c0 - 2]
-            TT = P[r0 - 2, c0]
-            TRR = P[r0 - 1, c0 + 2]
+            TT = P[r2, c0]
+            TRR = P[r1, c0 + 2]
             if y == 0:
                 # first row of a stripe: every neighbour above is taken to be L
                 T = L
@@ -527,27 +547,31 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, avg, words, w0, w1, 
 
 @njit(cache=True, nogil=True)
 def _rans_encode(st, fr, n):
-    """Encode symbols n-1..0 (reverse); return the uint16 word stream in decoder order."""
-    buf = np.empty(n + 4, np.uint16)
+    """Encode symbols n-1..0 (reverse); return the uint16 word stream in decoder order.
+
+    Overwrites st and fr: a symbol emits at most one word (before it is coded: x < 2^32 falls below f << 17
+    after one 16-bit shift), kept in its own spent slot (st[i] = word, fr[i] = 1; fr[i] = 0: none). The
+    decoder reads the words in the reverse of their emission, that is in ascending i."""
     nw = 0
     x = np.int64(RANS_L)
     for i in range(n - 1, -1, -1):
         f = np.int64(fr[i])
-        xmax = f << 17
-        if x >= xmax:
-            if nw >= buf.shape[0]:
-                b2 = np.empty(buf.shape[0] * 2, np.uint16)
-                b2[:nw] = buf[:nw]
-                buf = b2
-            buf[nw] = x & 0xFFFF
+        start = np.int64(st[i])
+        fr[i] = 0
+        if x >= f << 17:
+            st[i] = x & 0xFFFF
+            fr[i] = 1
             nw += 1
             x >>= 16
-        x = ((x // f) << PREC) + (x % f) + np.int64(st[i])
+        x = ((x // f) << PREC) + (x % f) + start
     out = np.empty(nw + 2, np.uint16)
     out[0] = (x >> 16) & 0xFFFF
     out[1] = x & 0xFFFF
-    for i in range(nw):
-        out[2 + i] = buf[nw - 1 - i]
+    j = 2
+    for i in range(n):
+        if fr[i]:
+            out[j] = st[i]
+            j += 1
     return out
 
 
@@ -782,48 +806,19 @@ def _notice_first_compile(kernel, what: str, seconds: str = "10-25") -> None:
 
 def _map_stripes(fn, items: list) -> list:
     """``[fn(x) for x in items]``, on up to one thread per core: the stripe kernels release the GIL and
-    stripes are independent, so the result is the same on any number of threads."""
+    stripes are independent, so the result is the same on any number of threads.
+
+    A job of several stripes (a large image) first hands the C heap's free memory back to the system: what the
+    caller freed just before (at 24 MP, a fit's 16 MB colour table and more, about 20 MB that glibc keeps once
+    its mmap threshold has risen) would otherwise add to the coding's peak. (Trimming after each stripe as
+    well no longer changed the peak once the symbol buffers were mapped: see ``_MAPPED_ROW``.)"""
     workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     if len(items) > 1:
-        fn = _trimming(fn)
+        release_free_memory()
     if workers <= 1:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kq-stripe") as pool:
         return list(pool.map(fn, items))
-
-
-def _trimming(fn):
-    """``fn``, then the C heap's free memory handed back to the system (glibc ``malloc_trim``; a no-op where
-    there is none); and once now, before the first stripe, for what the caller freed (a fit's arrays).
-
-    Each stripe frees 10-25 MB of buffers, which glibc keeps in per-thread heaps once its mmap threshold has
-    risen: at 24 MP that held about 45 MB more at the peak than any one moment needs (and the trim before the
-    first stripe another 17 MB, freed by the fit but kept by glibc)."""
-    trim = _malloc_trim()
-    if trim is None:
-        return fn
-    trim(0)
-
-    def run(x):
-        out = fn(x)
-        trim(0)
-        return out
-
-    return run
-
-
-_TRIM: list = []
-
-
-def _malloc_trim():
-    if not _TRIM:
-        try:
-            import ctypes
-
-            _TRIM.append(ctypes.CDLL(None).malloc_trim)
-        except (OSError, AttributeError):  # not glibc
-            _TRIM.append(None)
-    return _TRIM[0]
 
 
 _STATUS = {_ERR_EOF: "ran out of words", _ERR_SYM: "impossible symbol", _ERR_FINAL: "does not end exactly"}

@@ -175,6 +175,50 @@ def test_many_stripes_on_threads_match_one_thread(monkeypatch, with_ref):
     assert np.array_equal(lc.decode_plane(threaded, 53, 37, 40, keys, ref), lab)
 
 
+def test_rows_repeated_at_every_distance_round_trip():
+    """Row copies at distances 1..70 (the copied row is then every later row's neighbour above), in a stripe
+    large enough for the mapped symbol buffer (>= 2^20 symbol slots) and in small stripes."""
+    from kquant_codec import label_coder as lc
+
+    rng = np.random.default_rng(11)
+    h, w, m = 640, 900, 50
+    fresh = rng.integers(0, m, (h, w)).astype(np.uint8)
+    fresh[:, ::3] = fresh[:, 1::3]  # some runs, so candidates hit as well as escape
+    lab = fresh.copy()
+    for y in range(1, h):
+        if rng.random() < 0.5:
+            lab[y] = lab[y - int(rng.integers(1, min(y, 70) + 1))]
+    assert 2 * h * w + 8 * h + 16 >= 1 << 20  # one stripe: the mapped-size buffer
+    for rows in (None, 7):
+        data = lc.encode_plane(lab, m, stripe_rows=rows)
+        assert np.array_equal(lc.decode_plane(data, h, w, m, None, None), lab)
+
+
+def _reference_rans(st: np.ndarray, fr: np.ndarray) -> list[int]:
+    """rANS of spec 16: 32-bit state from 2^16, 16-bit words, 15-bit frequencies; symbols coded last to first,
+    words read by the decoder in the reverse of their emission, after the final state's two halves."""
+    x, words = 1 << 16, []
+    for start, freq in zip(reversed(st.tolist()), reversed(fr.tolist()), strict=True):
+        while x >= freq << 17:
+            words.append(x & 0xFFFF)
+            x >>= 16
+        x = ((x // freq) << 15) + x % freq + start
+    return [x >> 16, x & 0xFFFF, *reversed(words)]
+
+
+def test_rans_word_stream_matches_a_plain_reference():
+    """The in-place rANS pass (words kept in the spent symbol slots) gives the stream of a plain rANS coder."""
+    from kquant_codec import label_coder as lc
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 1000, 50000):
+        fr = rng.integers(1, 1 << 15, n).astype(np.uint16)
+        fr[rng.random(n) < 0.3] = 1  # rare symbols: long words runs
+        st = (rng.random(n) * ((1 << 15) - fr.astype(np.int64) + 1)).astype(np.uint16)
+        expected = _reference_rans(st, fr)
+        assert lc._rans_encode(st.copy(), fr.copy(), n).tolist() == expected
+
+
 def test_a_corrupt_middle_stripe_is_named():
     from kquant_codec import label_coder as lc
 
@@ -207,16 +251,16 @@ def test_first_compile_is_announced_once_then_cached(tmp_path):
     assert "compiling" not in runs[1].stderr
 
 
-def test_stripes_hand_freed_memory_back_after_each_stripe(monkeypatch):
-    """Multi-stripe jobs call malloc_trim (when the C library has it) before and after every stripe; results in
-    order."""
-    from kquant_codec import label_coder
+def test_multi_stripe_jobs_hand_freed_memory_back_first(monkeypatch):
+    """A job of several stripes calls malloc_trim (when the C library has it) once before its first stripe;
+    results in order."""
+    from kquant_codec import _heap, label_coder
 
     calls = []
-    monkeypatch.setattr(label_coder, "_TRIM", [calls.append])
+    monkeypatch.setattr(_heap, "_TRIM", [calls.append])
     assert label_coder._map_stripes(lambda x: x * x, [3, 1, 2]) == [9, 1, 4]
-    assert calls == [0, 0, 0, 0]  # once before the first stripe, then after each
+    assert calls == [0]
     assert label_coder._map_stripes(lambda x: -x, [5]) == [-5]  # one stripe: nothing to hand back
-    assert calls == [0, 0, 0, 0]
-    monkeypatch.setattr(label_coder, "_TRIM", [None])  # no malloc_trim (not glibc): plain calls
+    assert calls == [0]
+    monkeypatch.setattr(_heap, "_TRIM", [None])  # no malloc_trim (not glibc): plain calls
     assert label_coder._map_stripes(lambda x: x + 1, [1, 2]) == [2, 3]
