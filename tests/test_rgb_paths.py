@@ -234,6 +234,57 @@ def test_numba_engine_from_many_threads(flower):
         assert list(pool.map(work, crops)) == serial
 
 
+def test_ranges_come_back_in_order_and_the_caller_works_alone_when_helpers_are_busy(monkeypatch):
+    """``_run_ranges``: results in range order covering 0..n; with every helper thread busy elsewhere the
+    calling thread does all the ranges itself instead of waiting."""
+    import threading
+
+    from kquant_codec import _rgb_kernels as K
+
+    monkeypatch.setattr(K, "_threads", lambda: 3)
+    workers = []
+
+    def part(tag, start, stop):
+        workers.append(threading.get_ident())
+        return tag, start, stop
+
+    n = 5 * K._MIN_RANGE + 7
+    out = K._run_ranges(part, n, "t")
+    assert out[0][1] == 0 and out[-1][2] == n and len(out) == 12
+    assert all(a[2] == b[1] for a, b in zip(out, out[1:], strict=False))
+    gate = threading.Event()
+    blockers = [K._helper_pool(2).submit(gate.wait, 60) for _ in range(2)]
+    try:
+        workers.clear()
+        assert K._run_ranges(part, n, "t") == out
+        assert set(workers) == {threading.get_ident()}
+    finally:
+        gate.set()
+    assert all(b.result() for b in blockers)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_range_helpers():
+    out = _run(
+        """
+        import os
+        from kquant_codec import _rgb_kernels as K
+        K._threads = lambda: 2
+        part = lambda start, stop: (start, stop)
+        n = 4 * K._MIN_RANGE
+        parent = K._run_ranges(part, n)
+        pid = os.fork()
+        if pid == 0:
+            same = K._run_ranges(part, n) == parent
+            os._exit(0 if same and K._HELPERS[0][0] == os.getpid() else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0", out.stderr
+
+
 def _run(script: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     full_env.update(env or {})
