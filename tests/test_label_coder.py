@@ -194,6 +194,26 @@ def test_rows_repeated_at_every_distance_round_trip():
         assert np.array_equal(lc.decode_plane(data, h, w, m, None, None), lab)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_escape_base_search_matches_a_scan_of_every_label(channels):
+    """The pruned midpoint search gives the label a scan of all labels gives: least squared distance of the
+    doubled keys to keys[L] + keys[T], ties to the lower label (repeated keys and equal channel-0 keys
+    included)."""
+    from kquant_codec import label_coder as lc
+
+    rng = np.random.default_rng(channels)
+    m = 90
+    keys = rng.integers(0, 256, (m, channels)).astype(np.int32)
+    keys[rng.integers(0, m, 20)] = keys[rng.integers(0, m, 20)]  # repeated rows: ties
+    keys[:30, 0] = keys[30:60, 0]  # many equal channel-0 keys
+    ksort = lc._key_order(keys)
+    wide = keys.astype(np.int64)
+    for L in range(m):
+        for T in range(0, m, 7):
+            dist = (((wide[L] + wide[T])[None, :] - 2 * wide) ** 2).sum(1)
+            assert lc._midpoint_label(keys, ksort, L, T) == int(np.argmin(dist))
+
+
 def _reference_rans(st: np.ndarray, fr: np.ndarray) -> list[int]:
     """rANS of spec 16: 32-bit state from 2^16, 16-bit words, 15-bit frequencies; symbols coded last to first,
     words read by the decoder in the reverse of their emission, after the final state's two halves."""
