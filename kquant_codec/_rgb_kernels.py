@@ -303,6 +303,56 @@ def _assign_range(P, c, order, cdist, idx, W, start, stop):
     return acc
 
 
+_GUESS_SHIFT = 4  # guesses from a table of (2**4)^3 = 4096 colour boxes
+
+
+@njit(**_OPTS)
+def _box_table(centres, fix, shift):
+    """Nearest centre (ties to the lower index) of the middle of every (2**shift)^3 colour box: (boxes,) uint8."""
+    b = 8 - shift
+    mask = (1 << b) - 1
+    half = (fix << shift) // 2
+    k = centres.shape[0]
+    lut = np.empty(1 << (3 * b), np.uint8)
+    for box in range(lut.shape[0]):
+        x0 = ((box >> (2 * b)) * fix << shift) + half
+        x1 = (((box >> b) & mask) * fix << shift) + half
+        x2 = ((box & mask) * fix << shift) + half
+        best = 0
+        bd = np.int64(1) << 62
+        for j in range(k):
+            e0 = x0 - centres[j, 0]
+            e1 = x1 - centres[j, 1]
+            e2 = x2 - centres[j, 2]
+            d = e0 * e0 + e1 * e1 + e2 * e2
+            if d < bd:
+                bd = d
+                best = j
+        lut[box] = best
+    return lut
+
+
+@njit(**_OPTS)
+def _guess_range(P, lut, fix, shift, idx, start, stop):
+    for i in range(start, stop):
+        idx[i] = lut[_box_key(P, i, fix, shift)]
+    return 0
+
+
+def guess_labels(P: np.ndarray, centres: np.ndarray, fix: int) -> np.ndarray:
+    """Starting guesses (M,) uint8 for ``assign``: the nearest centre to the middle of each point's colour box.
+
+    ``assign`` is exact from any guess, but from a far one (say label 0) its pruned search measures most
+    centres for most points: at k = 256 on a small photo, a Lloyd run that starts from new centres spent
+    10-20 ms on its first assignment that way, against about 2 ms from these guesses. P (M, 3) fixed point
+    (``fix`` per channel unit), centres (k <= 256, 3) in the same units.
+    """
+    lut = _box_table(np.ascontiguousarray(centres, dtype=np.int64), fix, _GUESS_SHIFT)
+    idx = np.empty(P.shape[0], np.uint8)
+    _run_ranges(_guess_range, P.shape[0], P, lut, fix, _GUESS_SHIFT, idx)
+    return idx
+
+
 # -- greedy k-means++ on learning bins -----------------------------------------------------------------
 
 

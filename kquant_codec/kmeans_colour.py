@@ -274,7 +274,7 @@ def _lloyd(p, w, c, iters, K=None):
 
 def _lloyd_compiled(K, P, W, c, iters):
     """``_lloyd`` through the numba kernels: P (n, 3) int32, W (n,) int32. Same return values."""
-    idx = np.zeros(P.shape[0], np.uint8)  # any valid guess: ``assign`` is exact whatever it starts from
+    idx = K.guess_labels(P, c, FIX)  # ``assign`` is exact whatever it starts from; near guesses are quicker
     c, err = _lloyd_in_place(K, P, W, c, idx, iters)
     return c, idx.astype(np.int64), err
 
@@ -468,7 +468,7 @@ def _integer_refine(P, W, c, rounds, K=None):
 def _integer_refine_compiled(K, P, W, c, rounds):
     """``_integer_refine`` through the numba kernels: P (M, 3) int32, W (M,) int32. Same return values."""
     cur = np.ascontiguousarray(np.unique(_to_uint8_grid(c), axis=0))
-    g = np.zeros(P.shape[0], np.uint8)
+    g = K.guess_labels(P, cur, FIX)
     err = K.assign(P, cur, g, W)
     for _ in range(rounds):
         mass, s = K.group_sums(P, W, g, cur.shape[0])

@@ -116,6 +116,24 @@ def test_other_channel_counts_are_exact_and_lossless(china, mode):
     np.testing.assert_array_equal(q.reconstruct(q.predict(few)), few)
 
 
+def test_starting_guesses_are_the_nearest_centre_of_each_box_middle():
+    """``guess_labels`` (the starting labels of compiled Lloyd runs): for each point, the nearest centre
+    (ties to the lower index) of the middle of its 16^3 colour box; and ``assign`` from them is exact."""
+    K = kmeans_colour._kernels()
+    fix = kmeans_colour.FIX
+    rng = np.random.default_rng(8)
+    centres = rng.integers(0, 256, (200, 3)) * fix
+    centres[50:60] = centres[:10]  # repeated centres: ties
+    points = rng.integers(0, 256, (5000, 3))
+    P = (points * fix).astype(np.int32)
+    guess = K.guess_labels(P, centres, fix)
+    middles = (points // 16 * 16) * fix + 8 * fix
+    np.testing.assert_array_equal(guess, kmeans_colour._nearest(middles, centres)[0])
+    W = np.ones(P.shape[0], np.int32)
+    K.assign(P, centres, guess, W)
+    np.testing.assert_array_equal(guess, kmeans_colour._nearest(P.astype(np.int64), centres)[0])
+
+
 def test_numba_engine_matches_numpy_when_lossless_and_both_exact(flower):
     arr = np.asarray(flower)[::3, ::3]
     a, b = (fit_palette(arr, 64, engine=e) for e in ENGINES)
