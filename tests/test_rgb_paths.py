@@ -116,6 +116,22 @@ def test_other_channel_counts_are_exact_and_lossless(china, mode):
     np.testing.assert_array_equal(q.reconstruct(q.predict(few)), few)
 
 
+@pytest.mark.parametrize("k", [1, 5, 24, 25, 256])
+def test_centre_neighbour_lists_match_a_sort_of_all_distances(k):
+    """``centre_order`` (built on two threads): each centre's min(k, 24) nearest centres, by squared distance
+    then index (repeated centres: ties), and their distances."""
+    K = kmeans_colour._kernels()
+    rng = np.random.default_rng(k)
+    c = rng.integers(0, 64, (k, 3)) * kmeans_colour.FIX
+    c[k // 2 :: 7] = c[0]
+    order, dist = K.centre_order(np.ascontiguousarray(c, dtype=np.int64))
+    d2 = ((c[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+    near = min(k, 24)
+    ref = np.lexsort((np.broadcast_to(np.arange(k), (k, k)), d2), axis=1)[:, :near]
+    np.testing.assert_array_equal(order, ref)
+    np.testing.assert_array_equal(dist, np.sqrt(np.take_along_axis(d2, ref, 1).astype(np.float64)))
+
+
 def test_starting_guesses_are_the_nearest_centre_of_each_box_middle():
     """``guess_labels`` (the starting labels of compiled Lloyd runs): for each point, the nearest centre
     (ties to the lower index) of the middle of its 16^3 colour box; and ``assign`` from them is exact."""
