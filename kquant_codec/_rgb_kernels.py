@@ -44,6 +44,8 @@ __all__ = [
     "assign",
     "label_pixels",
     "kpp_step",
+    "guess_labels",
+    "centre_order",
 ]
 
 _OPTS = {"cache": True, "nogil": True, "boundscheck": False}

@@ -580,6 +580,17 @@ def fit_palette(
     return PaletteFit(palette, None if labels is None else labels.reshape(h, w), sse)
 
 
+def _bins(cols, W, limit, K=None):
+    """``_coarse_bins``' box means and masses; through the numba kernels when given (3 channels, weights
+    below 2**31): the same boxes, numbered alike, with the same rounded means, without numpy's dense counts
+    over up to 2**21 boxes per level tried."""
+    if K is None or cols.shape[0] <= limit:
+        return _coarse_bins(cols, W, limit)[:2]
+    P = (cols * FIX).astype(np.int32)
+    pts, mass, _ = K.coarse_bins(P, W.astype(np.int32), FIX, K.learning_shift(P, FIX, 2 * limit))
+    return pts, mass
+
+
 def _fit_small(flat, k, seed, iters, weights, K=None):
     """numpy path, any C: (palette, labels (N,) or None when weighted, sse in channel units^2).
 
@@ -603,9 +614,9 @@ def _fit_small(flat, k, seed, iters, weights, K=None):
         palette, label_of, err = cols.astype(np.uint8), np.arange(distinct.size), 0
     else:
         P = cols * FIX
-        bp, bw, _ = _coarse_bins(cols, W, min(LEARN_POINTS, max(4096, 64 * k)))
+        bp, bw = _bins(cols, W, min(LEARN_POINTS, max(4096, 64 * k)), K)
         c, _ = _learn(bp, bw, k, seed, iters, K)
-        mp, mw = _coarse_bins(cols, W, MID_POINTS)[:2] if k >= MID_MIN_K else (P, W)
+        mp, mw = _bins(cols, W, MID_POINTS, K) if k >= MID_MIN_K else (P, W)
         if mp.shape[0] > bp.shape[0]:  # finer than the learning bins: worth a polish
             c, _, _ = _lloyd(mp, mw, c, min(POLISH_ITERS, iters), K)
         palette, label_of, err = _integer_refine(P, W, c, INTEGER_ROUNDS, K)
