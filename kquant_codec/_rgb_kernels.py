@@ -258,7 +258,7 @@ def centre_order(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(**_OPTS)
-def _assign_range(P, c, order, cdist, idx, W, start, stop):
+def _assign_range(P, c, order, cdist, mgap, idx, W, start, stop):
     """Exact nearest centre of points start..stop-1, in place; returns their sum of W * squared distance.
 
     ``idx`` holds a guess on entry (any valid label; a good guess makes this fast) and the nearest centre
@@ -267,6 +267,12 @@ def _assign_range(P, c, order, cdist, idx, W, start, stop):
     from the guess g and the scan stops at that bound; when the bound lies beyond g's listed neighbours,
     every centre is checked. The bound carries a relative and an absolute margin so that float rounding of
     the square roots can only widen it; the decision itself is exact int64.
+
+    ``mgap`` (k,) float64, after a Lloyd step that moved some centres and left ``idx`` exact for the
+    previous ones: -1 for a moved centre; for an unmoved one, its distance to the nearest moved centre. A
+    point whose centre g is unmoved can only be taken by a moved centre (an unmoved one was, and still is,
+    farther or tied with a higher index), and only by one within 2 |p - c_g| of c_g: with none there (most
+    points, late in a run), its label stands. All -1: a full search from guesses.
     """
     k = c.shape[0]
     near = order.shape[1]
@@ -285,13 +291,17 @@ def _assign_range(P, c, order, cdist, idx, W, start, stop):
         bd = d0 * d0 + d1 * d1 + d2 * d2
         rg = np.sqrt(np.float64(bd))
         lim = 2.0 * rg * (1.0 + 1e-12) + 1e-6
+        stay = mgap[g] >= 0.0  # g unmoved: only moved centres can take the point
+        if stay and mgap[g] > lim:
+            acc += bd * np.int64(W[i])
+            continue
         done = False
         for jj in range(near):
             if cdist[g, jj] > lim:
                 done = True
                 break
             j = order[g, jj]
-            if j == g:  # not assumed to come first: a duplicate centre also sits at distance 0
+            if j == g or (stay and mgap[j] >= 0.0):  # (g: a duplicate centre also sits at distance 0)
                 continue
             e0 = p0 - c[j, 0]
             e1 = p1 - c[j, 1]
@@ -304,6 +314,8 @@ def _assign_range(P, c, order, cdist, idx, W, start, stop):
                 bd = d
         if not done and near < k:  # the bound reaches past the listed neighbours: check them all
             for j in range(k):
+                if stay and mgap[j] >= 0.0:
+                    continue
                 e0 = p0 - c[j, 0]
                 e1 = p1 - c[j, 1]
                 e2 = p2 - c[j, 2]
@@ -508,12 +520,27 @@ def _helper_pool(size: int) -> ThreadPoolExecutor:
         return _HELPERS[0][2]
 
 
-def assign(P: np.ndarray, centres: np.ndarray, idx: np.ndarray, W: np.ndarray) -> int:
+def assign(
+    P: np.ndarray, centres: np.ndarray, idx: np.ndarray, W: np.ndarray, previous: np.ndarray | None = None
+) -> int:
     """Exact nearest centre of every point, in place in ``idx`` (guesses on entry); returns the total
-    weighted squared distance (fixed-point units squared), an exact integer."""
+    weighted squared distance (fixed-point units squared), an exact integer.
+
+    previous : the centres (k, 3) ``idx`` is exact for, when it is (same k, same order): then only points
+    near a centre that changed are searched again (a Lloyd step late in a run moves a few centres).
+    """
     centres = np.ascontiguousarray(centres, dtype=np.int64)
     order, cdist = centre_order(centres)
-    return int(sum(_run_ranges(_assign_range, P.shape[0], P, centres, order, cdist, idx, W)))
+    k = centres.shape[0]
+    mgap = np.full(k, -1.0)
+    if previous is not None and previous.shape == centres.shape:
+        moved = (np.asarray(previous) != centres).any(axis=1)
+        mv = centres[moved]
+        mgap[~moved] = np.inf
+        if mv.shape[0]:
+            gaps = ((centres[~moved, None, :] - mv[None, :, :]) ** 2).sum(-1)
+            mgap[~moved] = np.sqrt(gaps.min(axis=1).astype(np.float64))
+    return int(sum(_run_ranges(_assign_range, P.shape[0], P, centres, order, cdist, mgap, idx, W)))
 
 
 def label_strips(strips, n: int, lut: np.ndarray) -> np.ndarray:

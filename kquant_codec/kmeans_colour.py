@@ -289,10 +289,11 @@ def _lloyd_in_place(K, P, W, c, idx, iters):
         new, keep = _means(mass, s)
         if keep.all() and np.array_equal(new, c):
             break
+        previous = c if keep.all() else None  # (after a shift below the labels are mere guesses)
         if not keep.all():  # no point carries an emptied centre's label: shift the higher labels down
             np.take((np.cumsum(keep) - 1).astype(np.uint8), idx, out=idx)
         c = np.ascontiguousarray(new)
-        err = K.assign(P, c, idx, W)
+        err = K.assign(P, c, idx, W, previous)
     return c, err
 
 
@@ -477,7 +478,7 @@ def _integer_refine_compiled(K, P, W, c, rounds):
         if not keep.all() or np.array_equal(trial, cur):
             break
         tg = g.copy()
-        te = K.assign(P, trial, tg, W)
+        te = K.assign(P, trial, tg, W, cur)
         if te >= err:
             break
         cur, g, err = trial, tg, te
@@ -504,7 +505,7 @@ def _polish_big(K, P, W, c, idx, iters):
     """
     c, _ = _lloyd_in_place(K, P, W, c, idx, iters)
     cur = _to_uint8_grid(c)
-    err = K.assign(P, cur, idx, W)
+    err = K.assign(P, cur, idx, W, c)
     for _ in range(INTEGER_ROUNDS):
         mass, s = K.group_sums(P, W, idx, cur.shape[0])
         new, keep = _means(mass, s)
@@ -512,7 +513,7 @@ def _polish_big(K, P, W, c, idx, iters):
         if not keep.all() or np.array_equal(trial, cur):
             break
         save = idx.copy()
-        te = K.assign(P, trial, idx, W)
+        te = K.assign(P, trial, idx, W, cur)
         if te >= err:
             idx[:] = save
             break

@@ -116,6 +116,30 @@ def test_other_channel_counts_are_exact_and_lossless(china, mode):
     np.testing.assert_array_equal(q.reconstruct(q.predict(few)), few)
 
 
+@pytest.mark.parametrize("moves", [0, 1, 3, 40, 120])
+def test_assign_after_a_few_centres_moved_is_exact(moves):
+    """``assign(..., previous=...)`` searches again only near the centres that changed; the labels and the
+    error must be those of a full search (repeated centres and moves onto another centre: ties)."""
+    K = kmeans_colour._kernels()
+    fix = kmeans_colour.FIX
+    rng = np.random.default_rng(moves)
+    old = rng.integers(0, 256, (120, 3)) * fix
+    old[60:70] = old[:10]
+    P = (rng.integers(0, 256, (20000, 3)) * fix).astype(np.int32)
+    W = rng.integers(1, 9, P.shape[0]).astype(np.int32)
+    idx = np.zeros(P.shape[0], np.uint8)
+    K.assign(P, old, idx, W)
+    new = old.copy()
+    which = rng.choice(120, moves, replace=False)
+    new[which] += rng.integers(-40, 41, (moves, 3)) * fix
+    new[which[: moves // 4]] = old[rng.integers(0, 120, moves // 4)]  # onto another centre
+    new = np.clip(new, 0, 255 * fix)
+    err = K.assign(P, new, idx, W, old)
+    ref, d = kmeans_colour._nearest(P.astype(np.int64), new)
+    np.testing.assert_array_equal(idx, ref)
+    assert err == int((d * W).sum())
+
+
 @pytest.mark.parametrize("k", [1, 5, 24, 25, 256])
 def test_centre_neighbour_lists_match_a_sort_of_all_distances(k):
     """``centre_order`` (built on two threads): each centre's min(k, 24) nearest centres, by squared distance
