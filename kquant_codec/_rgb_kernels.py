@@ -257,6 +257,15 @@ def centre_order(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, dist
 
 
+@njit(inline="always", **_OPTS)
+def _sq_dist(c, j, p0, p1, p2):
+    """Squared distance from (p0, p1, p2) to centre j of c (int64)."""
+    e0 = p0 - c[j, 0]
+    e1 = p1 - c[j, 1]
+    e2 = p2 - c[j, 2]
+    return e0 * e0 + e1 * e1 + e2 * e2
+
+
 @njit(**_OPTS)
 def _assign_range(P, c, order, cdist, mgap, idx, W, start, stop):
     """Exact nearest centre of points start..stop-1, in place; returns their sum of W * squared distance.
@@ -303,10 +312,7 @@ def _assign_range(P, c, order, cdist, mgap, idx, W, start, stop):
             j = order[g, jj]
             if j == g or (stay and mgap[j] >= 0.0):  # (g: a duplicate centre also sits at distance 0)
                 continue
-            e0 = p0 - c[j, 0]
-            e1 = p1 - c[j, 1]
-            e2 = p2 - c[j, 2]
-            d = e0 * e0 + e1 * e1 + e2 * e2
+            d = _sq_dist(c, j, p0, p1, p2)
             if d < bd or (d == bd and j < best):
                 if d < bd:
                     lim = (rg + np.sqrt(np.float64(d))) * (1.0 + 1e-12) + 1e-6
@@ -316,10 +322,7 @@ def _assign_range(P, c, order, cdist, mgap, idx, W, start, stop):
             for j in range(k):
                 if stay and mgap[j] >= 0.0:
                     continue
-                e0 = p0 - c[j, 0]
-                e1 = p1 - c[j, 1]
-                e2 = p2 - c[j, 2]
-                d = e0 * e0 + e1 * e1 + e2 * e2
+                d = _sq_dist(c, j, p0, p1, p2)
                 if d < bd or (d == bd and j < best):
                     best = j
                     bd = d
