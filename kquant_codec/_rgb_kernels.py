@@ -246,8 +246,8 @@ def centre_order(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     index), (k, near) int64, and those distances, (k, near) float64.
 
     A short list is enough: the search below stops within the first few centres for almost every point,
-    and falls back to all centres otherwise. Rows run on two threads: a fit at k = 256 builds ~70 of these
-    tables (0.45 ms each on one thread).
+    and falls back to all centres otherwise. Rows run on up to one thread per 64 centres (``_run_ranges``):
+    a fit at k = 256 builds ~70 of these tables (0.45 ms each on one thread, 0.25 ms on two).
     """
     k = c.shape[0]
     near = min(k, _NEAR)
@@ -501,26 +501,47 @@ def _run_ranges(fn, n: int, *args, min_range: int = _MIN_RANGE) -> list:
         while (i := next(claims)) < len(ranges):
             results[i] = fn(*args, *ranges[i])
 
-    helpers = [_helper_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+    pool = _helper_pool()
+    helpers = [pool.submit(work) for _ in range(threads - 1)]
+    error: BaseException | None = None
     try:
         work()
-    finally:
-        for helper in helpers:
-            if not helper.cancel():  # started: it may hold a range still running
-                helper.result()
+    except BaseException as exc:  # (Ctrl-C included) the helpers still write our arrays: wait for them first
+        error = exc
+    for helper in helpers:
+        if helper.cancel():  # never started
+            continue
+        try:
+            helper.result()
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
     return results
 
 
-_HELPERS: list = []  # [(pid, size, ThreadPoolExecutor)]
+_HELPERS: list = []  # [(pid, ThreadPoolExecutor)]
 _HELPERS_LOCK = threading.Lock()
 
 
-def _helper_pool(size: int) -> ThreadPoolExecutor:
-    """This process's pool of ``size`` helper threads (a forked child, whose copy has no threads, makes its own)."""
+def _helper_pool() -> ThreadPoolExecutor:
+    """This process's pool of NUMBA_NUM_THREADS - 1 helper threads (a forked child makes its own: its copy of
+    the parent's pool has no threads)."""
     with _HELPERS_LOCK:
-        if not _HELPERS or _HELPERS[0][:2] != (os.getpid(), size):
-            _HELPERS[:] = [(os.getpid(), size, ThreadPoolExecutor(size, thread_name_prefix="kq-ranges"))]
-        return _HELPERS[0][2]
+        if not _HELPERS or _HELPERS[0][0] != os.getpid():
+            size = max(1, _threads() - 1)
+            _HELPERS[:] = [(os.getpid(), ThreadPoolExecutor(size, thread_name_prefix="kq-ranges"))]
+        return _HELPERS[0][1]
+
+
+def _after_fork_in_child() -> None:
+    global _HELPERS_LOCK
+    _HELPERS_LOCK = threading.Lock()  # (a fork while another thread held it would leave it locked for good)
+    _HELPERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def assign(

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 import kquant_codec as kq
-from kquant_codec.interrupts import noting_sigint, sigint_seen
+from kquant_codec.interrupts import interrupt_seen, note_interrupt, noting_sigint
 from kquant_codec.safe_write import atomic_output
 
 __all__ = ["BatchError", "BatchSummary", "FileResult", "run_batch", "SUMMARY_NAME", "STATE_NAME"]
@@ -271,7 +271,7 @@ def _pool_process(task: _Task) -> FileResult:
     try:
         with noting_sigint():
             result = _process(task)
-            if sigint_seen() and result.status != "done":
+            if interrupt_seen() and result.status != "done":
                 return interrupted
             return result
     except KeyboardInterrupt:
@@ -488,6 +488,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum, frame):
+        note_interrupt("SIGTERM")  # (raised inside numba, it may come out as a SystemError: see _run_serial)
         raise _Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -501,8 +502,9 @@ def _run_serial(tasks: Iterable[_Task], report: Callable[[_Task, FileResult], No
     for task in tasks:
         with noting_sigint():
             result = _process(task)
-            if sigint_seen() and result.status != "done":  # a Ctrl-C that numba turned into an error
-                raise KeyboardInterrupt
+            seen = interrupt_seen()
+            if seen and result.status != "done":  # a Ctrl-C or SIGTERM that numba turned into an error
+                raise _Terminated() if seen == "SIGTERM" else KeyboardInterrupt
         report(task, result)
 
 

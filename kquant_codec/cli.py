@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
-    from kquant_codec.interrupts import noting_sigint, sigint_seen
+    from kquant_codec.interrupts import interrupt_seen, noting_sigint
 
     try:
         with noting_sigint():
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # a bug: still one line, unless debugging
-        if sigint_seen():  # a Ctrl-C that numba turned into an error ("returned a result with an exception set")
+        if interrupt_seen():  # a Ctrl-C that numba turned into an error ("returned a result with an exception set")
             print("kquant: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         if os.environ.get("KQUANT_DEBUG"):

@@ -1,10 +1,11 @@
-"""Ctrl-C that is not lost inside numba.
+"""Ctrl-C (and SIGTERM) that is not lost inside numba.
 
 A SIGINT whose KeyboardInterrupt is raised while a numba kernel is returning comes out of the call as a
 ``SystemError`` ("... returned a result with an exception set"), which code catching ``Exception`` would
 take for an ordinary failure. ``noting_sigint`` installs a SIGINT handler that raises KeyboardInterrupt as
-usual and also notes the signal, so that such an error can be recognised (``sigint_seen``) and reported as
-the interruption it is.
+usual and also notes the signal, so that such an error can be recognised (``interrupt_seen``) and reported
+as the interruption it is. A caller with its own handler for another signal (``kquant batch``'s SIGTERM)
+notes it with ``note_interrupt``.
 """
 
 from __future__ import annotations
@@ -15,18 +16,24 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["noting_sigint", "sigint_seen"]
+__all__ = ["noting_sigint", "interrupt_seen", "note_interrupt"]
 
-_seen = [False]
+_seen: list[str | None] = [None]
 
 
 def _handler(signum: int, frame: Any) -> None:
-    _seen[0] = True
+    _seen[0] = "SIGINT"
     raise KeyboardInterrupt
 
 
-def sigint_seen() -> bool:
-    """Whether SIGINT came since the innermost ``noting_sigint`` began."""
+def note_interrupt(name: str) -> None:
+    """Note an interrupting signal (e.g. "SIGTERM") that the caller's own handler is about to raise for."""
+    _seen[0] = name
+
+
+def interrupt_seen() -> str | None:
+    """The interrupting signal ("SIGINT", or one given to ``note_interrupt``) that came since the innermost
+    ``noting_sigint`` began, or None."""
     return _seen[0]
 
 
@@ -37,7 +44,7 @@ def noting_sigint() -> Iterator[None]:
     Does nothing when SIGINT is neither at Python's default handler nor already noted (ignored by a background
     job, or handled by the caller), or off the main thread, where handlers cannot be set. Nests.
     """
-    _seen[0] = False
+    _seen[0] = None
     if threading.current_thread() is not threading.main_thread():
         yield
         return

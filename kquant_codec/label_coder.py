@@ -685,7 +685,8 @@ _MIN_ROW_BITS = 1 / TOT / np.log(2)
 
 
 def _key_array(m: int, keys: np.ndarray | None) -> np.ndarray:
-    """(m, C) int32 key table: the given table rows (C <= 4 channels), or the label values (C = 1)."""
+    """(m, C) int32 key table: the given table rows (C <= 4 channels, integers 0..65535: the kernel's squared
+    distances then stay far inside int64), or the label values (C = 1)."""
     if keys is None:
         return np.arange(m, dtype=np.int32)[:, None]
     k = np.asarray(keys)
@@ -693,6 +694,8 @@ def _key_array(m: int, keys: np.ndarray | None) -> np.ndarray:
         k = k[:, None]
     if k.shape[0] != m or not 1 <= k.shape[1] <= 4:
         raise ValueError(f"keys must have shape ({m}, C) with 1 <= C <= 4, got {k.shape}")
+    if k.dtype.kind not in "iub" or (k.size and (int(k.min()) < 0 or int(k.max()) > 65535)):
+        raise ValueError("keys must be integers 0..65535")
     return np.ascontiguousarray(k.astype(np.int32))
 
 

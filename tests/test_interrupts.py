@@ -1,4 +1,4 @@
-"""Ctrl-C that numba turns into a SystemError is still reported as an interruption."""
+"""Ctrl-C (or batch's SIGTERM) that numba turns into a SystemError is still reported as an interruption."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from kquant_codec import batch, cli
-from kquant_codec.interrupts import noting_sigint, sigint_seen
+from kquant_codec.interrupts import interrupt_seen, noting_sigint
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
 
@@ -34,12 +34,12 @@ def default_sigint():
 
 def test_noting_sigint_notes_raises_nests_and_restores(default_sigint):
     with noting_sigint():
-        assert not sigint_seen()
+        assert interrupt_seen() is None
         with noting_sigint():  # nested: still noted, the outer handler comes back
             pass
         with pytest.raises(SystemError):
             _swallowed_ctrl_c()
-        assert sigint_seen()
+        assert interrupt_seen() == "SIGINT"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job: left alone
     with noting_sigint():
@@ -70,3 +70,22 @@ def test_serial_batch_stops_on_a_swallowed_ctrl_c(default_sigint, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         batch._run_serial(["a", "b"], lambda task, result: seen.append(task))
     assert seen == []  # the file is not counted, and the run stops
+
+
+def test_serial_batch_stops_on_a_swallowed_sigterm_as_terminated(monkeypatch):
+    """batch's SIGTERM handler notes the signal, so a SystemError it became inside numba stops a serial run
+    as SIGTERM (exit 143, summary "SIGTERM"), not as a failed file followed by the rest of the run."""
+
+    def process(task):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except batch._Terminated:
+            return batch.FileResult(task, task, "failed", error="returned a result with an exception set")
+        raise AssertionError("SIGTERM did not arrive")
+
+    monkeypatch.setattr(batch, "_process", process)
+    seen = []
+    with batch._sigterm_as_interrupt(), pytest.raises(batch._Terminated):
+        batch._run_serial(["a", "b"], lambda task, result: seen.append(task))
+    assert seen == []

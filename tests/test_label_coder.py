@@ -214,6 +214,50 @@ def test_escape_base_search_matches_a_scan_of_every_label(channels):
             assert lc._midpoint_label(keys, ksort, L, T) == int(np.argmin(dist))
 
 
+def _copying_plane(h: int, w: int, m: int, seed: int) -> np.ndarray:
+    """Diagonal bands with 15% noise, and from row 3 on a third of the rows copies of one 1-9 rows up."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    lab = ((x + 2 * y) * m // (w + 2 * h)).astype(np.int64)
+    noise = rng.random((h, w)) < 0.15
+    lab[noise] = rng.integers(0, m, int(noise.sum()))
+    lab = lab.clip(0, m - 1).astype(np.uint8)
+    for r in range(3, h):
+        if rng.random() < 0.3:
+            lab[r] = lab[r - int(rng.integers(1, min(r, 9) + 1))]
+    return lab
+
+
+def test_codec_3_bytes_are_those_of_the_earlier_reference_encoder():
+    """Encoder and decoder share one kernel, so a neighbourhood mistake made on both sides would still
+    round-trip. These streams (keys, a reference plane, stripes of 5 and 1 rows, row copies, escapes) must be
+    byte for byte what the reference encoder wrote at commit a9114e4, before its neighbourhood became a ring
+    of three rows and its rANS pass wrote words in place (sha256 of the length-prefixed streams, computed
+    with that commit's code)."""
+    import hashlib
+
+    from kquant_codec import label_coder as lc
+
+    h, w, m = 61, 47, 37
+    lab, ref = _copying_plane(h, w, m, 1), _copying_plane(h, w, m, 2)
+    keys = np.random.default_rng(3).integers(0, 256, (m, 3)).astype(np.uint8)
+    digest = hashlib.sha256()
+    for kk, rr, rows in ((None, None, None), (keys, None, None), (keys, ref, None), (keys, ref, 5), (None, ref, 1)):
+        data = lc.encode_plane(lab, m, kk, rr, stripe_rows=rows)
+        digest.update(len(data).to_bytes(4, "little") + data)
+        assert np.array_equal(lc.decode_plane(data, h, w, m, kk, rr), lab)
+    assert digest.hexdigest() == "3dcdf7b98ec8b3a35d0dea63eba3153a8f2c68b9658e10b658207800a654dd0a"
+
+
+def test_keys_outside_0_to_65535_are_refused():
+    from kquant_codec import label_coder as lc
+
+    lab = np.zeros((2, 2), np.uint8)
+    for bad in (np.array([[0], [70000]]), np.array([[-1], [3]]), np.array([[0.5], [1.0]])):
+        with pytest.raises(ValueError, match="keys must be integers"):
+            lc.encode_plane(lab, 2, bad)
+
+
 def _reference_rans(st: np.ndarray, fr: np.ndarray) -> list[int]:
     """rANS of spec 16: 32-bit state from 2^16, 16-bit words, 15-bit frequencies; symbols coded last to first,
     words read by the decoder in the reverse of their emission, after the final state's two halves."""

@@ -300,6 +300,7 @@ def test_ranges_come_back_in_order_and_the_caller_works_alone_when_helpers_are_b
     from kquant_codec import _rgb_kernels as K
 
     monkeypatch.setattr(K, "_threads", lambda: 3)
+    monkeypatch.setattr(K, "_HELPERS", [])  # a pool of 2 helpers, made under the patched thread count
     workers = []
 
     def part(tag, start, stop):
@@ -311,7 +312,7 @@ def test_ranges_come_back_in_order_and_the_caller_works_alone_when_helpers_are_b
     assert out[0][1] == 0 and out[-1][2] == n and len(out) == 12
     assert all(a[2] == b[1] for a, b in zip(out, out[1:], strict=False))
     gate = threading.Event()
-    blockers = [K._helper_pool(2).submit(gate.wait, 60) for _ in range(2)]
+    blockers = [K._helper_pool().submit(gate.wait, 60) for _ in range(2)]
     try:
         workers.clear()
         assert K._run_ranges(part, n, "t") == out
@@ -319,6 +320,35 @@ def test_ranges_come_back_in_order_and_the_caller_works_alone_when_helpers_are_b
     finally:
         gate.set()
     assert all(b.result() for b in blockers)
+
+
+def test_a_failing_range_fails_the_call_after_every_helper_has_stopped(monkeypatch):
+    """An exception in one range (whichever thread runs it) comes out of ``_run_ranges``, and only once no
+    range is still running: the ranges write the caller's arrays."""
+    import threading
+    import time
+
+    from kquant_codec import _rgb_kernels as K
+
+    monkeypatch.setattr(K, "_threads", lambda: 3)
+    monkeypatch.setattr(K, "_HELPERS", [])
+    lock = threading.Lock()
+    running = [0]
+
+    def part(start, stop):
+        with lock:
+            running[0] += 1
+        try:
+            time.sleep(0.02)
+            if start == 0:
+                raise ValueError("range 0 failed")
+        finally:
+            with lock:
+                running[0] -= 1
+
+    with pytest.raises(ValueError, match="range 0 failed"):
+        K._run_ranges(part, 6 * K._MIN_RANGE)
+    assert running[0] == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
