@@ -2,20 +2,20 @@
 
 glibc raises its mmap threshold (up to 32 MiB) each time a large mapped block is freed; after that, blocks
 below it come from the heap, and freed heap memory stays in the process until the heap is trimmed. A 24 MP
-encode frees tens of MB between its phases (the colour count, the fit, each coded stripe); trimming at those
+encode frees tens of MB between its phases (the colour count, the fit, the labelling); trimming at those
 points keeps them out of the next phase's peak. ``malloc_trim`` takes well under a millisecond when there
 is little to hand back.
 """
 
 from __future__ import annotations
 
-__all__ = ["trim_function", "release_free_memory"]
+__all__ = ["release_free_memory"]
 
 _TRIM: list = []  # [malloc_trim] or [None] once looked up (tests replace it)
 
 
-def trim_function():
-    """glibc's ``malloc_trim`` (called with 0), or None where the C library has none."""
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim(0)``; a no-op elsewhere)."""
     if not _TRIM:
         try:
             import ctypes
@@ -23,11 +23,5 @@ def trim_function():
             _TRIM.append(ctypes.CDLL(None).malloc_trim)
         except (OSError, AttributeError):  # not glibc
             _TRIM.append(None)
-    return _TRIM[0]
-
-
-def release_free_memory() -> None:
-    """Hand the heap's free pages back to the system (a no-op without glibc)."""
-    trim = trim_function()
-    if trim is not None:
-        trim(0)
+    if _TRIM[0] is not None:
+        _TRIM[0](0)

@@ -349,10 +349,7 @@ def _box_table(centres, fix, shift):
         best = 0
         bd = np.int64(1) << 62
         for j in range(k):
-            e0 = x0 - centres[j, 0]
-            e1 = x1 - centres[j, 1]
-            e2 = x2 - centres[j, 2]
-            d = e0 * e0 + e1 * e1 + e2 * e2
+            d = _sq_dist(centres, j, x0, x1, x2)
             if d < bd:
                 bd = d
                 best = j

@@ -625,9 +625,11 @@ def _decode_stripe(out, m, R, order, keys, ksort, avg, words, w0, w1, ref, has_r
     return status
 
 
-def _key_order(keys: np.ndarray) -> np.ndarray:
-    """The labels sorted by their channel-0 key (int64, ties by label), for ``_midpoint_label``."""
-    return np.argsort(keys[:, 0], kind="stable").astype(np.int64)
+def _key_tables(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's tables of a key table: R and order (``_rank_tables``), and the labels sorted by their
+    channel-0 key (int64, ties by label) for ``_midpoint_label``."""
+    R, order = _rank_tables(keys)
+    return R, order, np.argsort(keys[:, 0], kind="stable").astype(np.int64)
 
 
 def _rank_tables(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -734,8 +736,7 @@ def encode_plane(
     h, w = lab.shape
     _notice_first_compile(_stripe_kernel, "coder")
     karr = _key_array(m, keys)
-    R, order = _rank_tables(karr)
-    ksort = _key_order(karr)
+    R, order, ksort = _key_tables(karr)
     has_ref = ref is not None
     refa = np.ascontiguousarray(ref, dtype=np.uint8) if has_ref else np.zeros((1, 1), np.uint8)
     if has_ref and refa.shape != lab.shape:
@@ -800,8 +801,7 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
     has_ref = bool(flags & FLAG_REF)
     refa = np.ascontiguousarray(ref) if has_ref else np.zeros((1, 1), np.uint8)
     _notice_first_compile(_stripe_kernel, "coder")
-    R, order = _rank_tables(karr)
-    ksort = _key_order(karr)
+    R, order, ksort = _key_tables(karr)
     words = np.frombuffer(data, dtype="<u2", count=rest // 2, offset=pos).astype(np.uint16)
     offs = np.zeros(ns + 1, np.int64)
     offs[1:] = np.cumsum(np.array(lens, np.int64))
