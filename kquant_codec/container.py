@@ -75,6 +75,7 @@ class KqFormatError(OSError):
 MAGIC = b"\x89KQI\r\n\x1a\n"
 VERSION = 1
 FIXED_HEADER_SIZE = 44
+LEVEL_SET_BYTES = 32  # a level table stored as the set of its levels: 256 bits
 _FIXED = struct.Struct("<8sBBBBBBBBIIBBHII4H")
 assert _FIXED.size == FIXED_HEADER_SIZE
 
@@ -145,7 +146,9 @@ class KqHeader:
     label_codec, alpha_codec : stream codec ids (``CODEC_NAMES``).
     label_length, alpha_length : stored (compressed) stream lengths in bytes.
     table_sizes : entries per table: one for "rgb"/"global", ``channels`` for "channel", none for PNG.
-    tables : the raw centroid table bytes, in file order.
+    tables : the centroid table bytes, in table order (``m`` bytes per level table, ``m * channels`` for rgb).
+    level_sets : the file stores each level table as a 32-byte set of levels (header byte 15 = 1; global
+        and channel modes, every table strictly ascending); ``tables`` holds the levels all the same.
     """
 
     width: int
@@ -162,6 +165,7 @@ class KqHeader:
     alpha_length: int = 0
     table_sizes: tuple[int, ...] = ()
     tables: bytes = field(default=b"", repr=False)
+    level_sets: bool = False
     version: int = VERSION
 
     # -- derived sizes ---------------------------------------------------------------------------
@@ -174,7 +178,12 @@ class KqHeader:
     @property
     def header_length(self) -> int:
         """Bytes from the start of the file to the first payload byte (header block + header CRC)."""
-        return FIXED_HEADER_SIZE + len(self.tables) + 4
+        return FIXED_HEADER_SIZE + self.stored_table_length + 4
+
+    @property
+    def stored_table_length(self) -> int:
+        """Bytes the tables take in the file: ``len(tables)``, or 32 per table as level sets."""
+        return LEVEL_SET_BYTES * len(self.table_sizes) if self.level_sets else len(self.tables)
 
     @property
     def payload_length(self) -> int:
@@ -249,7 +258,7 @@ class KqHeader:
             ALPHA_KINDS.index(self.alpha),
             self.channels,
             int(self.packed),
-            0,
+            int(self.level_sets),
             self.width,
             self.height,
             self.label_codec,
@@ -259,16 +268,53 @@ class KqHeader:
             self.alpha_length,
             *(tuple(self.table_sizes) + (0, 0, 0, 0))[:4],
         )
-        block = fixed + bytes(self.tables)
+        block = fixed + (self._level_set_bytes() if self.level_sets else bytes(self.tables))
         return block + struct.pack("<I", zlib.crc32(block))
+
+    def _level_set_bytes(self) -> bytes:
+        """Each level table as a 256-bit set: level v is bit v % 8 of byte v // 8 (least significant first)."""
+        out = bytearray()
+        for levels in self.level_tables():
+            bits = np.zeros(256, dtype=np.uint8)
+            bits[levels] = 1
+            out += np.packbits(bits, bitorder="little").tobytes()
+        return bytes(out)
+
+    def level_tables(self) -> list[np.ndarray]:
+        """The level tables of a global (one) or channel (``channels``) layout, uint8 arrays (m_c,)."""
+        raw = np.frombuffer(self.tables, dtype=np.uint8)
+        bounds = np.cumsum((0,) + tuple(self.table_sizes))
+        return [raw[bounds[c] : bounds[c + 1]] for c in range(len(self.table_sizes))]
+
+    def with_compact_tables(self) -> KqHeader:
+        """This header, storing its level tables as level sets when that is allowed and smaller."""
+        allowed = self.payload == "native" and self.quant_mode in ("global", "channel")
+        if not allowed or LEVEL_SET_BYTES * len(self.table_sizes) >= len(self.tables):
+            return replace(self, level_sets=False)
+        if not all(bool(np.all(np.diff(t.astype(np.int16)) > 0)) for t in self.level_tables()):
+            return replace(self, level_sets=False)
+        return replace(self, level_sets=True)
 
 
 def _table_bytes(payload: str, quant_mode: str | None, channels: int, sizes: tuple[int, ...]) -> int:
+    """Bytes of the tables as levels or rows (not as level sets)."""
     if payload != "native":
         return 0
     if quant_mode == "rgb":
         return sizes[0] * channels
     return sum(sizes)
+
+
+def _levels_from_sets(data: bytes, sizes: tuple[int, ...]) -> bytes:
+    """The level tables stored as level sets (32 bytes each) -> their levels, ascending, checked against m."""
+    out = bytearray()
+    for c, m in enumerate(sizes):
+        bits = np.unpackbits(np.frombuffer(data, np.uint8, LEVEL_SET_BYTES, LEVEL_SET_BYTES * c), bitorder="little")
+        levels = np.flatnonzero(bits)
+        if levels.size != m:
+            raise _fail(f"level set {c} holds {levels.size} levels, but table size {c} is {m}")
+        out += levels.astype(np.uint8).tobytes()
+    return bytes(out)
 
 
 def _stream_bound(raw: int) -> int:
@@ -319,6 +365,8 @@ def _check_fields(h: KqHeader) -> None:
             raise _fail(f"PNG stream length {h.label_length} is out of range for a {h.width}x{h.height} image")
         if len(h.tables):
             raise _fail("a PNG payload has no centroid tables")
+        if h.level_sets:
+            raise _fail("a PNG payload has no centroid tables to store as level sets")
         return
     if h.image_mode not in NATIVE_MODES:
         raise _fail(f"image mode {h.image_mode!r} cannot be stored natively")
@@ -369,6 +417,11 @@ def _check_fields(h: KqHeader) -> None:
             raise _fail(f"alpha stream length {h.alpha_length} is out of range for {araw} bytes of alpha")
     if len(h.tables) != _table_bytes(h.payload, h.quant_mode, h.channels, sizes):
         raise _fail("centroid table bytes do not match the table sizes")
+    if h.level_sets:
+        if h.quant_mode == "rgb":
+            raise _fail("level sets (table coding 1) are for the tables of global and channel quantization modes")
+        if not all(bool(np.all(np.diff(t.astype(np.int16)) > 0)) for t in h.level_tables()):
+            raise _fail("tables stored as level sets must be strictly ascending")
     if h.image_mode == "1":
         values = set(bytes(h.tables))
         if not values <= {0, 255}:
@@ -392,7 +445,7 @@ def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
         alpha,
         channels,
         packed,
-        reserved1,
+        level_sets,
         width,
         height,
         label_codec,
@@ -414,8 +467,12 @@ def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
         raise _fail(f"invalid alpha code {alpha} (0 none, 1 plane, 2 table)")
     if packed > 1:
         raise _fail(f"invalid packing flag {packed} (0 or 1)")
-    if reserved1 or reserved2:
+    if reserved2:
         raise _fail("reserved header fields must be zero")
+    if level_sets > 1:
+        raise _fail(f"invalid table coding {level_sets} (0 bytes, 1 level sets)")
+    if level_sets and (payload != 0 or QUANT_MODES[quant] == "rgb"):
+        raise _fail("level sets (table coding 1) are for the tables of global and channel quantization modes")
     is_png = payload == 1
     if is_png and (quant or alpha or channels or packed):
         raise _fail("a PNG payload must have quant mode, alpha, channels and packing all zero")
@@ -445,9 +502,11 @@ def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
         label_length=label_length,
         alpha_length=alpha_length,
         table_sizes=sizes,
+        level_sets=bool(level_sets),
         version=version,
     )
-    return header, _table_bytes(header.payload, quant_mode, channels, sizes)
+    stored = LEVEL_SET_BYTES * len(sizes) if level_sets else _table_bytes(header.payload, quant_mode, channels, sizes)
+    return header, stored
 
 
 def header_length(fixed: bytes) -> int:
@@ -473,7 +532,9 @@ def unpack_header(data: bytes) -> KqHeader:
     (stored_crc,) = struct.unpack_from("<I", data, end)
     if zlib.crc32(data[:end]) != stored_crc:
         raise _fail("header CRC mismatch: the header is corrupt")
-    header = replace(header, tables=bytes(data[FIXED_HEADER_SIZE:end]))
+    stored = bytes(data[FIXED_HEADER_SIZE:end])
+    tables = _levels_from_sets(stored, header.table_sizes) if header.level_sets else stored
+    header = replace(header, tables=tables)
     _check_fields(header)
     return header
 

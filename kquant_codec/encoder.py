@@ -454,7 +454,7 @@ def _header_for(img: Image.Image, layout: _Layout) -> KqHeader:
         channels=layout.channels,
         table_sizes=layout.table_sizes,
         tables=layout.tables,
-    )
+    ).with_compact_tables()
 
 
 def _label_streams(layout: _Layout, header: KqHeader, side_by_side: bool) -> tuple[bytes, bytes | None]:

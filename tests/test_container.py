@@ -4,11 +4,13 @@ bit flips, stream caps, labels past the table. References are the spec text, num
 from __future__ import annotations
 
 import functools
+import io
 import lzma
 import re
 import struct
 import tracemalloc
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,8 @@ def recrc(data: bytes) -> bytes:
     sizes, quant, channels, payload = h[16:20], h[4], h[6], h[2]
     used = 1 if quant in (0, 1) else channels
     table = 0 if payload == 1 else (sizes[0] * channels if quant == 0 else sum(sizes[:used]))
+    if h[8] == 1 and payload == 0 and quant != 0:  # level sets: 32 bytes per table
+        table = 32 * used
     end = c.FIXED_HEADER_SIZE + table
     data += bytes(max(0, end + 8 - len(data)))  # room for both CRCs when the edit grew the tables
     struct.pack_into("<I", data, end, zlib.crc32(data[:end]))
@@ -166,7 +170,8 @@ FIELD_CASES = [
     (13, "B", 0, "invalid channel count 0"),
     (13, "B", 5, "invalid channel count 5"),
     (14, "B", 2, "invalid packing flag 2"),
-    (15, "B", 1, "reserved header fields must be zero"),
+    (15, "B", 2, "invalid table coding 2"),
+    (15, "B", 1, "level sets (table coding 1) are for the tables of global and channel"),
     (16, "I", 0, "invalid image size 0x2"),
     (20, "I", 0, "invalid image size 4x0"),
     (16, "I", (1 << 24) + 1, "each side must be 1.."),
@@ -382,3 +387,87 @@ def test_header_validate_refuses_to_write_invalid_files():
         c.KqHeader(width=0, height=1, image_mode="L", channels=1, table_sizes=(1,), tables=b"\0").to_bytes()
     with pytest.raises(ValueError):
         c.pack_file(c.KqHeader(width=1, height=1, image_mode="L", channels=1, table_sizes=(1,), tables=b"\0"), b"x")
+
+
+# -- level sets (header byte 15 = 1) ---------------------------------------------------------------------------
+
+
+def _set_bytes(levels) -> bytes:
+    """The 32-byte set of ``levels`` written the obvious way: level v is bit v of a little-endian 256-bit number."""
+    return sum(1 << int(v) for v in levels).to_bytes(32, "little")
+
+
+def _global_file(levels: np.ndarray, labels: np.ndarray, channels: int = 3) -> tuple[c.KqHeader, bytes]:
+    """A global-mode file with stored labels; ``labels`` is (C, H, W), one plane per channel."""
+    h, w = labels.shape[1:]
+    header = c.KqHeader(
+        w, h, "RGB", quant_mode="global", channels=channels, table_sizes=(levels.size,), tables=levels.tobytes()
+    ).with_compact_tables()
+    raw = labels.tobytes()  # one plane per channel, planar
+    return header, c.pack_file(replace(header, label_length=len(raw)), raw)
+
+
+def test_level_sets_store_sorted_level_tables_in_32_bytes_each():
+    rng = np.random.default_rng(9)
+    levels = np.sort(rng.choice(256, 200, replace=False)).astype(np.uint8)
+    labels = rng.integers(0, 200, (3, 5, 7)).astype(np.uint8)
+    header, data = _global_file(levels, labels)
+    assert header.level_sets and data[15] == 1
+    assert data[44:76] == _set_bytes(levels)
+    assert header.header_length == 44 + 32 + 4 == c.header_length(data[:44])
+    back = c.unpack_header(data)
+    assert back.level_sets and back.tables == levels.tobytes()
+    got = kq.read_kq(data)
+    assert np.array_equal(got.labels, np.moveaxis(labels, 0, -1))
+    assert np.array_equal(got.to_image().getchannel(0), levels[labels[0]])
+    # channel mode: one set per table, in channel order
+    tables = [np.sort(rng.choice(256, m, replace=False)).astype(np.uint8) for m in (40, 256, 33)]
+    head = c.KqHeader(
+        5, 3, "RGB", quant_mode="channel", table_sizes=(40, 256, 33), tables=b"".join(t.tobytes() for t in tables)
+    ).with_compact_tables()
+    raw = b"".join(rng.integers(0, m, (3, 5)).astype(np.uint8).tobytes() for m in (40, 256, 33))
+    data = c.pack_file(replace(head, label_length=len(raw)), raw)
+    assert data[44 : 44 + 96] == b"".join(_set_bytes(t) for t in tables)
+    assert c.unpack_header(data).tables == head.tables
+
+
+def test_level_sets_are_used_only_where_allowed_and_smaller():
+    ascending = bytes(range(0, 256, 4))  # 64 levels: a set (32 bytes) is smaller
+    header = c.KqHeader(4, 4, "RGB", quant_mode="global", table_sizes=(64,), tables=ascending, label_length=48)
+    assert header.with_compact_tables().level_sets
+    assert not replace(header, table_sizes=(32,), tables=ascending[:32]).with_compact_tables().level_sets  # equal
+    unsorted = ascending[1:2] + ascending[:1] + ascending[2:]
+    assert not replace(header, tables=unsorted).with_compact_tables().level_sets
+    rgb = c.KqHeader(4, 4, "RGB", quant_mode="rgb", table_sizes=(64,), tables=bytes(192), label_length=16)
+    assert not rgb.with_compact_tables().level_sets
+    with pytest.raises(kq.KqFormatError, match="strictly ascending"):
+        replace(header, tables=unsorted, level_sets=True).to_bytes()
+    with pytest.raises(kq.KqFormatError, match="global and channel"):
+        replace(rgb, level_sets=True).to_bytes()
+
+
+def test_a_level_set_that_disagrees_with_its_table_size_is_rejected():
+    levels = np.arange(0, 250, 5, dtype=np.uint8)  # 50 levels
+    _, data = _global_file(levels, np.zeros((3, 2, 2), np.uint8))
+    for bit in (1, 5):  # a level added (1 is not in the table), a level removed (5 is)
+        bad = bytearray(data)
+        bad[44 + bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(kq.KqFormatError, match=f"level set 0 holds {51 if bit == 1 else 49} levels"):
+            kq.read_kq(recrc(bytes(bad)))
+    with pytest.raises(kq.KqFormatError, match="truncated .kq header"):
+        kq.read_kq(data[:60])
+
+
+def test_global_and_channel_saves_use_level_sets_and_round_trip():
+    rng = np.random.default_rng(10)
+    y, x = np.mgrid[0:40, 0:64]
+    ramps = np.dstack([x * 4, y * 6, x + y]) + rng.integers(0, 3, (40, 64, 3))
+    img = Image.fromarray(ramps.clip(0, 255).astype(np.uint8))
+    for mode in ("global", "channel"):
+        quantized = img.filter(kq.KMeansQuantize(200, mode))
+        buf = io.BytesIO()
+        img.save(buf, format="KQ", k=200, mode=mode)
+        data = buf.getvalue()
+        header = c.unpack_header(data)
+        assert header.level_sets and header.header_length == 48 + 32 * len(header.table_sizes)
+        assert Image.open(io.BytesIO(data)).tobytes() == quantized.tobytes()

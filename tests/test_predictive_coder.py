@@ -249,3 +249,82 @@ def test_codec_4_wins_on_a_linear_gradient_and_beats_webp_lossless():
         quantized.save(webp, format="WEBP", lossless=True, method=6, quality=100)
         assert len(data) < webp.tell(), (mode, len(data), webp.tell())
         assert kq.read_kq(data).to_image().tobytes() == quantized.tobytes()
+
+
+# -- exact rules (plane flag bit 1, spec 17.11) ---------------------------------------------------------------
+
+
+def _planes(samples: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+    sizes, _, labels = _layout(samples, "global")
+    return [np.ascontiguousarray(labels[:, :, i]) for i in range(labels.shape[2])], list(sizes) * labels.shape[2]
+
+
+def _encode_chain(planes: list[np.ndarray], sizes: list[int], exact: bool) -> list[tuple[bytes, np.ndarray]]:
+    from kquant_codec import predictive_coder as pc
+
+    out, ref = [], None
+    for plane, m in zip(planes, sizes, strict=True):
+        stream, res = pc.encode_plane(plane, m, ref, exact=exact)
+        out.append((stream, res))
+        ref = (plane, res)
+    return out
+
+
+def test_exact_rules_round_trip_on_every_shape():
+    from kquant_codec import predictive_coder as pc
+
+    for samples in _shapes():
+        planes, sizes = _planes(samples)
+        ref = None
+        for plane, m, (stream, res) in zip(planes, sizes, _encode_chain(planes, sizes, True), strict=True):
+            assert stream[1] & pc.FLAG_EXACT
+            back, back_res = pc.decode_plane(stream, *plane.shape, m, ref)
+            assert np.array_equal(back, plane) and np.array_equal(back_res, res)
+            ref = (plane, res)
+
+
+def test_exact_rules_pay_on_a_diagonal_ramp_and_the_encoder_keeps_them_only_where_they_pay():
+    from kquant_codec import predictive_coder as pc
+    from kquant_codec.label_coder import _uvarint
+
+    y, x = np.mgrid[0:96, 0:128]
+    ramp = np.dstack([x, y * 2, 255 - (x + y) * 10 // 11]).astype(np.uint8)  # the last plane: f(x + y)
+    planes, sizes = _planes(ramp)
+    plain, exact = _encode_chain(planes, sizes, False), _encode_chain(planes, sizes, True)
+    assert len(exact[2][0]) < 0.8 * len(plain[2][0]), (len(exact[2][0]), len(plain[2][0]))
+    stream = pc.encode_label_planes(planes, sizes)
+    assert len(stream) < sum(len(s) for s, _ in plain)
+    back = pc.decode_label_planes(stream, 96, 128, sizes)
+    assert all(np.array_equal(a, b) for a, b in zip(back, planes, strict=True))
+    # a photo-like image: most residuals are not zero, the encoder does not try the exact rules
+    planes, sizes = _planes(_photo_like(48, 64, 12))
+    expected = b""
+    for i, (sub, _) in enumerate(_encode_chain(planes, sizes, False)):
+        expected += (_uvarint(len(sub)) if i < 2 else b"") + sub
+    assert pc.encode_label_planes(planes, sizes) == expected
+
+
+def test_the_run_token_to_the_last_pixel():
+    from kquant_codec import predictive_coder as pc
+
+    plane = np.zeros((60, 300), np.uint8)
+    plane[::2, -1] = 3  # every other row is zero but for its last pixel: plain rules code 8 raw bits of run length
+    plain, _ = pc.encode_plane(plane, 4)
+    exact, res = pc.encode_plane(plane, 4, exact=True)
+    assert len(exact) <= len(plain) - 8, (len(exact), len(plain))
+    back, back_res = pc.decode_plane(exact, 60, 300, 4, None)
+    assert np.array_equal(back, plane) and np.array_equal(back_res, res)
+
+
+def test_spec_worked_example_of_the_exact_rules():
+    from kquant_codec import predictive_coder as pc
+
+    text = SPEC.read_text()
+    block = re.search(r"<!-- codec4-exact-example: begin -->\n```text\n(.*?)```", text, re.S)
+    stream = bytes.fromhex(block.group(1).replace("\n", " "))
+    plain = bytes.fromhex(re.search(r"the same labels give `([0-9a-f ]+)`", text).group(1))
+    expected = np.array([[1, 2, 2, 3, 3, 4], [2, 2, 3, 3, 4, 4], [2, 3, 3, 4, 4, 5]], np.uint8)
+    for data, exact in ((stream, True), (plain, False)):
+        assert data[1] == (pc.FLAG_EXACT if exact else 0)
+        assert np.array_equal(pc.decode_plane(data, 3, 6, 6, None)[0], expected)
+        assert pc.encode_plane(expected, 6, exact=exact)[0] == data
