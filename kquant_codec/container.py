@@ -291,9 +291,7 @@ class KqHeader:
         allowed = self.payload == "native" and self.quant_mode in ("global", "channel")
         if not allowed or LEVEL_SET_BYTES * len(self.table_sizes) >= len(self.tables):
             return replace(self, level_sets=False)
-        if not all(bool(np.all(np.diff(t.astype(np.int16)) > 0)) for t in self.level_tables()):
-            return replace(self, level_sets=False)
-        return replace(self, level_sets=True)
+        return replace(self, level_sets=_strictly_ascending(self))
 
 
 def _table_bytes(payload: str, quant_mode: str | None, channels: int, sizes: tuple[int, ...]) -> int:
@@ -303,6 +301,11 @@ def _table_bytes(payload: str, quant_mode: str | None, channels: int, sizes: tup
     if quant_mode == "rgb":
         return sizes[0] * channels
     return sum(sizes)
+
+
+def _strictly_ascending(h: KqHeader) -> bool:
+    """Every level table of ``h`` strictly ascending: the tables that level sets can hold."""
+    return all(bool(np.all(np.diff(t.astype(np.int16)) > 0)) for t in h.level_tables())
 
 
 def _levels_from_sets(data: bytes, sizes: tuple[int, ...]) -> bytes:
@@ -420,7 +423,7 @@ def _check_fields(h: KqHeader) -> None:
     if h.level_sets:
         if h.quant_mode == "rgb":
             raise _fail("level sets (table coding 1) are for the tables of global and channel quantization modes")
-        if not all(bool(np.all(np.diff(t.astype(np.int16)) > 0)) for t in h.level_tables()):
+        if not _strictly_ascending(h):
             raise _fail("tables stored as level sets must be strictly ascending")
     if h.image_mode == "1":
         values = set(bytes(h.tables))
