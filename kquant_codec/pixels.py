@@ -54,6 +54,7 @@ class SplitImage:
 
 
 _STRIP_PIXELS = 1 << 20  # pixels per strip when copying a large image out of Pillow
+_RAW_MODES = ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")  # 8 bits per band, packed as stored
 
 
 def _array(img: Image.Image) -> np.ndarray:
@@ -70,9 +71,35 @@ def _array(img: Image.Image) -> np.ndarray:
     rows = max(1, _STRIP_PIXELS // width)
     out = np.empty((height, width, len(img.getbands())), dtype=np.uint8)
     for top in range(0, height, rows):
-        strip = np.asarray(img.crop((0, top, width, min(height, top + rows))))
+        strip = _rows(img, top, min(height, top + rows))
         out[top : top + rows] = strip[:, :, None] if strip.ndim == 2 else strip
     return out
+
+
+def _rows(img: Image.Image, top: int, bottom: int) -> np.ndarray:
+    """Rows top..bottom-1 of the image as an array (``np.asarray`` of that crop).
+
+    Pillow's raw encoder packs the rows straight into one bytes object (as ``tobytes`` does, but without
+    the crop's copy and the join of 64 kB chunks): 2-3x quicker, and a 12 MP encode reads its strips 3 times.
+    """
+    bands = len(img.getbands())
+    if img.mode not in _RAW_MODES:
+        return np.asarray(img.crop((0, top, img.width, bottom)))
+    img.load()
+    size = (bottom - top) * img.width * bands
+    encoder = Image._getencoder(img.mode, "raw", (img.mode, 0, 1))
+    encoder.setimage(img.im, (0, top, img.width, bottom))
+    chunks = []
+    while True:
+        _, status, data = encoder.encode(size + 1)
+        chunks.append(data)
+        if status:
+            break
+    if status < 0:  # not expected for raw packing; the plain way then says what is wrong
+        return np.asarray(img.crop((0, top, img.width, bottom)))
+    flat = np.frombuffer(chunks[0] if len(chunks) == 1 else b"".join(chunks), dtype=np.uint8)
+    shape = (bottom - top, img.width) + ((bands,) if bands > 1 else ())
+    return flat.reshape(shape)
 
 
 def rgb_strips(img: Image.Image) -> Callable[[], Iterator[np.ndarray]]:
@@ -85,7 +112,7 @@ def rgb_strips(img: Image.Image) -> Callable[[], Iterator[np.ndarray]]:
 
     def strips() -> Iterator[np.ndarray]:
         for top in range(0, height, rows):
-            yield np.asarray(img.crop((0, top, width, min(height, top + rows))))
+            yield _rows(img, top, min(height, top + rows))
 
     return strips
 
