@@ -108,19 +108,11 @@ def _bitlen(v):
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
-def _push(st, fr, k, start, freq):
-    if k >= st.shape[0]:
-        n2 = st.shape[0] * 2
-        st2 = np.empty(n2, np.uint16)
-        fr2 = np.empty(n2, fr.dtype)
-        st2[: st.shape[0]] = st
-        fr2[: fr.shape[0]] = fr
-        st = st2
-        fr = fr2
+@njit(cache=True, inline="always")
+def _put(st, fr, k, start, freq):
+    """Record symbol k's (start, frequency): the rows are sized for the most symbols a stripe can have."""
     st[k] = start
     fr[k] = freq
-    return st, fr
 
 
 @njit(cache=True, nogil=True)
@@ -222,8 +214,11 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
     # (start, frequency) of every symbol, one row each; every frequency is < 2^15. A large stripe's rows are
     # sized to make the block >= 32 MiB (of address space: only the pages written count), so that glibc maps
     # it afresh and unmaps it when freed: freed heap memory of a worker thread's arena stays resident, which at
-    # 24 MP kept 30 MB after the coding phase, into the next phase's peak.
-    cap = 16 if dec else 2 * H * W + 8 * H + 16
+    # 24 MP kept 30 MB after the coding phase, into the next phase's peak. The rows hold the most symbols a
+    # stripe can have (4 per pixel: S1, bucket, top bit, raw bits; 3 per row: flag, distance bucket, raw
+    # bits), so recording one is two stores: growing them on demand (a call returning the arrays, so
+    # reference counting on every symbol) made the encoder's model pass 1.5-2x slower.
+    cap = 16 if dec else 4 * H * W + 3 * H + 16
     sym = np.empty((2, cap if cap < _MAPPED_MIN else max(cap, _MAPPED_ROW)), np.uint16)
     st = sym[0]
     fr = sym[1]
@@ -274,7 +269,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                     x = (x << 16) | np.int64(words[pos])
                     pos += 1
             else:
-                st, fr = _push(st, fr, k, start, freq)
+                _put(st, fr, k, start, freq)
                 k += 1
             _adapt(qr, cr, prevflag, 2, s)
             prevflag = flag
@@ -298,7 +293,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                         x = (x << 16) | np.int64(words[pos])
                         pos += 1
                 else:
-                    st, fr = _push(st, fr, k, start, freq)
+                    _put(st, fr, k, start, freq)
                     k += 1
                 _adapt(qd, cd, 0, NRB, b)
                 if b <= 1:
@@ -318,7 +313,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                             pos += 1
                     else:
                         raw = (d - 1) - (1 << nbits)
-                        st, fr = _push(st, fr, k, raw << (PREC - nbits), 1 << (PREC - nbits))
+                        _put(st, fr, k, raw << (PREC - nbits), 1 << (PREC - nbits))
                         k += 1
                     dm1 = (1 << nbits) + raw
                 d = dm1 + 1
@@ -418,7 +413,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                     x = (x << 16) | np.int64(words[pos])
                     pos += 1
             else:
-                st, fr = _push(st, fr, k, start, fm)
+                _put(st, fr, k, start, fm)
                 k += 1
             f1 = np.int64(q1[ctx, s + 1]) - np.int64(q1[ctx, s]) + 1
             f2 = np.int64(q2[h2, s + 1]) - np.int64(q2[h2, s]) + 1
@@ -483,7 +478,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                         x = (x << 16) | np.int64(words[pos])
                         pos += 1
                 else:
-                    st, fr = _push(st, fr, k, start, fm)
+                    _put(st, fr, k, start, fm)
                     k += 1
                 f1 = np.int64(qb1[ectx, b + 1]) - np.int64(qb1[ectx, b]) + 1
                 f2 = np.int64(qb2[e2, b + 1]) - np.int64(qb2[e2, b]) + 1
@@ -512,7 +507,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                             x = (x << 16) | np.int64(words[pos])
                             pos += 1
                     else:
-                        st, fr = _push(st, fr, k, start, freq)
+                        _put(st, fr, k, start, freq)
                         k += 1
                     _adapt(qt, ct, b, 2, tbit)
                     nbits = b - 2
@@ -531,7 +526,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                                 pos += 1
                         else:
                             raw = rk & ((1 << nbits) - 1)
-                            st, fr = _push(st, fr, k, raw << (PREC - nbits), 1 << (PREC - nbits))
+                            _put(st, fr, k, raw << (PREC - nbits), 1 << (PREC - nbits))
                             k += 1
                     rk = (1 << (b - 1)) | (tbit << nbits) | raw
                 elif b == 1:

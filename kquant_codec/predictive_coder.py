@@ -28,7 +28,7 @@ from .label_coder import (
     RCP,
     _map_stripes,
     _notice_first_compile,
-    _push,
+    _put,
     _rans_encode,
     _read_uvarint,
     _uvarint,
@@ -150,7 +150,7 @@ def _code_sym(dec, q, c, n, s, x, pos, words, w1, st, fr, k):
             x = (x << 16) | np.int64(words[pos])
             pos += 1
     else:
-        st, fr = _push(st, fr, k, start, freq)
+        _put(st, fr, k, start, freq)
         k += 1
     return s, x, pos, st, fr, k, True
 
@@ -169,7 +169,7 @@ def _code_raw(dec, v, nb, x, pos, words, w1, st, fr, k):
             x = (x << 16) | np.int64(words[pos])
             pos += 1
     else:
-        st, fr = _push(st, fr, k, v << sh, np.int64(1) << sh)
+        _put(st, fr, k, v << sh, np.int64(1) << sh)
         k += 1
     return v, x, pos, st, fr, k, True
 
@@ -203,7 +203,7 @@ def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct
             x = (x << 16) | np.int64(words[pos])
             pos += 1
     else:
-        st, fr = _push(st, fr, k, lo + b, fm)
+        _put(st, fr, k, lo + b, fm)
         k += 1
     f1 = np.int64(qb[actx, b + 1] - qb[actx, b] + 1)
     f2 = np.int64(qb2[bctx, b + 1] - qb2[bctx, b] + 1)
@@ -337,7 +337,8 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     rb_b = np.zeros(W, np.int32)
     rb_z = np.zeros(W, np.uint8)
 
-    st = np.empty(16 if dec else 2 * H * W + 2 * H + 16, np.uint16)
+    # at most 5 symbols per pixel (a run of 0, then a residual's 4) and a row flag per row
+    st = np.empty(16 if dec else 5 * H * W + H + 16, np.uint16)
     fr = np.empty(st.shape[0], np.uint16)  # frequencies are at most TOT - 1
     k = 0
     x = np.int64(0)
