@@ -241,6 +241,8 @@ def _table_bytes(fields: tuple) -> int:
     payload, quant, channels, sizes = fields[2], fields[4], fields[6], fields[16:20]
     if payload == 1:
         return 0
+    if fields[8] == 1 and quant in (1, 2):  # level sets: 32 bytes per table
+        return 32 * (1 if quant == 1 else min(channels, 4))
     if quant == 0:
         return sizes[0] * channels
     if quant == 1:
@@ -288,7 +290,7 @@ _FIELDS = [
     (12, "B", (0, 1, 2, 3)),  # alpha
     (13, "B", (0, 1, 2, 3, 4, 5, 255)),  # channels
     (14, "B", (0, 1, 2)),  # packing
-    (15, "B", (0, 1)),  # reserved
+    (15, "B", (0, 1, 2)),  # table coding (1: level sets)
     (16, "I", (0, 1, 2, 3, 7, 8, 9, 255, 256, 4096, 65536, 1 << 24, (1 << 24) + 1, 1 << 31, 0xFFFFFFFF)),  # width
     (20, "I", (0, 1, 2, 3, 7, 8, 9, 255, 256, 4096, 65536, 1 << 24, (1 << 24) + 1, 1 << 31, 0xFFFFFFFF)),  # height
     (24, "B", (0, 1, 2, 3, 4, 255)),  # label codec (3: the context coder)

@@ -187,6 +187,23 @@ def corpus() -> dict[str, bytes]:
     data = c.pack_file(replace(header, label_length=len(stream)), stream)
     assert _same(kquant_codec.read_kq(data).to_image(), Image.fromarray(ramp))
     files["predictive-L-stripes-runs-and-zero-rows"] = data
+    # Codec 4's exact rules (plane flag bit 1) on a diagonal ramp, the planes after the first with a reference
+    # plane; the tables as level sets (more than 32 levels).
+    y, x = np.mgrid[0:24, 0:40]
+    diag = np.dstack([x * 6, y * 10, 255 - (x + y) * 4]).clip(0, 255).astype(np.uint8)
+    base = encode_image(Image.fromarray(diag), mode="global", fallback=False)
+    kq = kquant_codec.read_kq(base)
+    header = replace(kq.header, packed=False, label_codec=c.CODEC_PREDICTIVE)
+    assert header.level_sets
+    stream, ref = b"", None
+    for ch in range(3):
+        plane = np.ascontiguousarray(kq.labels[:, :, ch])
+        sub, res = predictive_coder.encode_plane(plane, header.table_sizes[0], ref, stripe_rows=10, exact=True)
+        stream += (label_coder._uvarint(len(sub)) if ch < 2 else b"") + sub
+        ref = (plane, res)
+    data = c.pack_file(replace(header, label_length=len(stream)), stream)
+    assert _same(kquant_codec.read_kq(data).to_image(), Image.fromarray(diag))
+    files["predictive-RGB-exact-rules-level-sets"] = data
 
     # PNG payloads: every PNG mode, plain and (where the encoder would use one) indexed.
     for mode in ("1", "L", "LA", "P", "RGB", "RGBA"):

@@ -183,7 +183,11 @@ class KqHeader:
     @property
     def stored_table_length(self) -> int:
         """Bytes the tables take in the file: ``len(tables)``, or 32 per table as level sets."""
-        return LEVEL_SET_BYTES * len(self.table_sizes) if self.level_sets else len(self.tables)
+        return self.stored_table_length_as_sets() if self.level_sets else len(self.tables)
+
+    def stored_table_length_as_sets(self) -> int:
+        """Bytes the tables would take as level sets: 32 per table."""
+        return LEVEL_SET_BYTES * len(self.table_sizes)
 
     @property
     def payload_length(self) -> int:
@@ -232,13 +236,10 @@ class KqHeader:
         """
         if self.payload != "native":
             return None
-        raw = np.frombuffer(self.tables, dtype=np.uint8)
         if self.quant_mode == "rgb":
-            return raw.reshape(self.table_sizes[0], self.channels).copy()
-        if self.quant_mode == "global":
-            return raw.copy()
-        bounds = np.cumsum((0,) + tuple(self.table_sizes))
-        return tuple(raw[bounds[c] : bounds[c + 1]].copy() for c in range(self.channels))
+            return np.frombuffer(self.tables, dtype=np.uint8).reshape(self.table_sizes[0], self.channels).copy()
+        tables = [t.copy() for t in self.level_tables()]
+        return tables[0] if self.quant_mode == "global" else tuple(tables)
 
     # -- bytes -------------------------------------------------------------------------------------
 
@@ -288,8 +289,8 @@ class KqHeader:
 
     def with_compact_tables(self) -> KqHeader:
         """This header, storing its level tables as level sets when that is allowed and smaller."""
-        allowed = self.payload == "native" and self.quant_mode in ("global", "channel")
-        if not allowed or LEVEL_SET_BYTES * len(self.table_sizes) >= len(self.tables):
+        smaller = self.stored_table_length_as_sets() < len(self.tables)
+        if not (smaller and _level_sets_allowed(self.payload, self.quant_mode)):
             return replace(self, level_sets=False)
         return replace(self, level_sets=_strictly_ascending(self))
 
@@ -301,6 +302,14 @@ def _table_bytes(payload: str, quant_mode: str | None, channels: int, sizes: tup
     if quant_mode == "rgb":
         return sizes[0] * channels
     return sum(sizes)
+
+
+_LEVEL_SETS_ONLY = "level sets (table coding 1) are for the tables of global and channel quantization modes"
+
+
+def _level_sets_allowed(payload: str, quant_mode: str | None) -> bool:
+    """Level sets hold level tables: those of native global and channel payloads."""
+    return payload == "native" and quant_mode in ("global", "channel")
 
 
 def _strictly_ascending(h: KqHeader) -> bool:
@@ -315,7 +324,7 @@ def _levels_from_sets(data: bytes, sizes: tuple[int, ...]) -> bytes:
         bits = np.unpackbits(np.frombuffer(data, np.uint8, LEVEL_SET_BYTES, LEVEL_SET_BYTES * c), bitorder="little")
         levels = np.flatnonzero(bits)
         if levels.size != m:
-            raise _fail(f"level set {c} holds {levels.size} levels, but table size {c} is {m}")
+            raise _fail(f"level set {c} holds {levels.size} levels, but m{c} is {m}")
         out += levels.astype(np.uint8).tobytes()
     return bytes(out)
 
@@ -369,7 +378,7 @@ def _check_fields(h: KqHeader) -> None:
         if len(h.tables):
             raise _fail("a PNG payload has no centroid tables")
         if h.level_sets:
-            raise _fail("a PNG payload has no centroid tables to store as level sets")
+            raise _fail(_LEVEL_SETS_ONLY)
         return
     if h.image_mode not in NATIVE_MODES:
         raise _fail(f"image mode {h.image_mode!r} cannot be stored natively")
@@ -421,8 +430,8 @@ def _check_fields(h: KqHeader) -> None:
     if len(h.tables) != _table_bytes(h.payload, h.quant_mode, h.channels, sizes):
         raise _fail("centroid table bytes do not match the table sizes")
     if h.level_sets:
-        if h.quant_mode == "rgb":
-            raise _fail("level sets (table coding 1) are for the tables of global and channel quantization modes")
+        if not _level_sets_allowed(h.payload, h.quant_mode):
+            raise _fail(_LEVEL_SETS_ONLY)
         if not _strictly_ascending(h):
             raise _fail("tables stored as level sets must be strictly ascending")
     if h.image_mode == "1":
@@ -474,8 +483,8 @@ def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
         raise _fail("reserved header fields must be zero")
     if level_sets > 1:
         raise _fail(f"invalid table coding {level_sets} (0 bytes, 1 level sets)")
-    if level_sets and (payload != 0 or QUANT_MODES[quant] == "rgb"):
-        raise _fail("level sets (table coding 1) are for the tables of global and channel quantization modes")
+    if level_sets and not _level_sets_allowed(_PAYLOADS[payload], QUANT_MODES[quant]):
+        raise _fail(_LEVEL_SETS_ONLY)
     is_png = payload == 1
     if is_png and (quant or alpha or channels or packed):
         raise _fail("a PNG payload must have quant mode, alpha, channels and packing all zero")
@@ -508,8 +517,9 @@ def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
         level_sets=bool(level_sets),
         version=version,
     )
-    stored = LEVEL_SET_BYTES * len(sizes) if level_sets else _table_bytes(header.payload, quant_mode, channels, sizes)
-    return header, stored
+    if level_sets:
+        return header, header.stored_table_length_as_sets()
+    return header, _table_bytes(header.payload, quant_mode, channels, sizes)
 
 
 def header_length(fixed: bytes) -> int:

@@ -434,7 +434,7 @@ def _shortlist(img: Image.Image, layouts: list[_Layout]) -> list[tuple[_Layout, 
         if key in seen:  # e.g. rgb, global and channel of a one-channel image
             continue
         seen.add(key)
-        estimate = len(layout.tables) + min(_estimate(raw) for raw in streams.values())
+        estimate = _header_for(img, layout).stored_table_length + min(_estimate(raw) for raw in streams.values())
         if layout.alpha_plane is not None:
             if alpha_estimate is None:
                 alpha_estimate = _estimate(np.ascontiguousarray(layout.alpha_plane).tobytes())

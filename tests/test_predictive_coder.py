@@ -328,3 +328,73 @@ def test_spec_worked_example_of_the_exact_rules():
         assert data[1] == (pc.FLAG_EXACT if exact else 0)
         assert np.array_equal(pc.decode_plane(data, 3, 6, 6, None)[0], expected)
         assert pc.encode_plane(expected, 6, exact=exact)[0] == data
+
+
+# Streams written under the exact rules at commit 829076a (where they were introduced), for a 24 x 40 ramp whose
+# planes are coded with flags 2, 3, 3. The round trips cannot notice a rule that the encoder and decoder change
+# alike (which sub-predictor decides, which prediction the bias learns from); these bytes do.
+_EXACT_RULE_STREAMS = (
+    "010218f900d309d532d425adaad4f9460851ad61025ac2f09ae112b2076119868781ccf57f",
+    "0103187a004446414f8e33153fd8087f8647629c5a071bca92",
+    "01031831009a06a3edfb1aabdbba52fd35bd9848cecddbdb51b050d9b70fc3ad7d635b61ac5d1ff706018bc822f58dad0341dbe7a06a47c0ca5a08",
+)
+
+
+def test_exact_rule_streams_with_reference_planes_are_pinned():
+    from kquant_codec import predictive_coder as pc
+
+    y, x = np.mgrid[0:24, 0:40]
+    ramp = np.dstack([x * 6, y * 10, 255 - (x + y) * 4]).clip(0, 255).astype(np.uint8)
+    planes, sizes = _planes(ramp)
+    ref = None
+    for plane, m, (stream, res), pinned in zip(
+        planes, sizes, _encode_chain(planes, sizes, True), _EXACT_RULE_STREAMS, strict=True
+    ):
+        assert stream.hex() == pinned
+        back, back_res = pc.decode_plane(bytes.fromhex(pinned), 24, 40, m, ref)
+        assert np.array_equal(back, plane) and np.array_equal(back_res, res)
+        ref = (plane, res)
+
+
+def test_the_run_token_to_the_last_pixel_needs_two_pixels_left():
+    """A hand-made stream (H = W = 1, flags 2): row flag 0, then token 26 where only one pixel is left."""
+    from kquant_codec import label_coder
+    from kquant_codec import predictive_coder as pc
+
+    q = [(pc.TOT - 27) * i // 27 for i in range(28)]
+    start = np.array([0, q[26] + 26], np.uint16)
+    freq = np.array([pc.TOT // 2, q[27] - q[26] + 1], np.uint16)
+    words = label_coder._rans_encode(start.copy(), freq.copy(), 2)
+    stream = bytes([1, pc.FLAG_EXACT, 1]) + words.astype("<u2").tobytes()
+    with pytest.raises(ValueError, match="impossible symbol"):
+        pc.decode_plane(stream, 1, 1, 2, None)
+    with pytest.raises(ValueError, match="unknown flags 0x4"):
+        pc.decode_plane(bytes([1, 4, 1]) + words.astype("<u2").tobytes(), 1, 1, 2, None)
+
+
+def test_corrupt_exact_rule_streams_raise_kq_format_error():
+    rng = np.random.default_rng(13)
+    y, x = np.mgrid[0:24, 0:40]
+    samples = np.dstack([x * 6, y * 10, 255 - (x + y) * 4]).clip(0, 255).astype(np.uint8)
+    sizes, tables, labels = _layout(samples, "global")
+    planes = [np.ascontiguousarray(labels[:, :, i]) for i in range(3)]
+    from kquant_codec.label_coder import _uvarint
+
+    chain = _encode_chain(planes, list(sizes) * 3, True)
+    good = b"".join((_uvarint(len(s)) if i < 2 else b"") + s for i, (s, _) in enumerate(chain))
+    header = c.KqHeader(40, 24, "RGB", quant_mode="global", table_sizes=sizes, tables=tables).with_compact_tables()
+    header = replace(header, label_codec=c.CODEC_PREDICTIVE, label_length=len(good))
+    assert np.array_equal(kq.read_kq(c.pack_file(header, good)).labels, labels)
+    errors = total = 0
+    for _ in range(300):
+        bad = bytearray(good)
+        for _ in range(int(rng.integers(1, 4))):
+            bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
+        total += 1
+        try:
+            out = kq.read_kq(c.pack_file(replace(header, label_length=len(bad)), bytes(bad))).labels
+        except kq.KqFormatError:
+            errors += 1
+        else:
+            assert out.shape == (24, 40, 3) and int(out.max()) < sizes[0]
+    assert errors > total * 0.8
