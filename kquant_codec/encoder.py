@@ -166,11 +166,11 @@ def _candidates_alongside(
     """The native candidates and the PNG one, built at the same time: the native payload of a small image is
     one stripe on one core, and Pillow's PNG encoder releases the GIL.
 
-    The bytes are the sequential path's: the PNG is dropped by the same rule (native payload under half the
-    quick level-1 PNG), applied once both sizes are known. A dropped PNG is cancelled (its encoder stops at its
+    The bytes are the sequential path's: the PNG is dropped by the same rule (``_png_may_pay`` on the quick
+    PNG), applied once both sizes are known. A dropped PNG is cancelled (its encoder stops at its
     next chunk written) and not waited for; it works on its own copy of the pixels by then.
     """
-    quick: Future[int] = Future()
+    quick: Future[tuple[int, int]] = Future()
     cancel = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kq-png")
     try:
@@ -179,7 +179,7 @@ def _candidates_alongside(
         native = min(map(len, candidates), default=None)
         if native is not None:
             wait([quick, job], return_when=FIRST_COMPLETED)
-            if quick.done() and not _png_may_pay(native, quick.result()):
+            if quick.done() and not _png_may_pay(native, *quick.result()):
                 return candidates
         png = job.result()
         return candidates + ([png] if png is not None else [])
@@ -591,6 +591,7 @@ def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
 
 
 _SMALL_IMAGE = 1 << 16  # pixels up to which the PNG fallback also tries the truecolour PNG (a few ms)
+_QUICK_LEVEL_6_MAX_PIXELS = 1 << 21  # above, the quick PNG that decides whether to build the full one is level 1
 
 
 def _png_options(version: Image.Image) -> dict[str, Any]:
@@ -602,9 +603,11 @@ def _png_options(version: Image.Image) -> dict[str, Any]:
     return {"compress_level": 6}
 
 
-def _png_may_pay(native_bytes: int, quick_png_bytes: int) -> bool:
-    """The rule for building the full PNG candidate: unless the native payload is under half the quick level-1
-    PNG (a measured heuristic; see ``_png_candidate``)."""
+def _png_may_pay(native_bytes: int, quick_png_bytes: int, quick_level: int) -> bool:
+    """The rule for building the full PNG candidate: unless the native payload is under 1/2 of the quick
+    level-1 PNG, or 2/3 of the quick level-6 one (measured heuristics; see ``_png_candidate``)."""
+    if quick_level == 6:
+        return native_bytes * 3 > quick_png_bytes * 2
     return native_bytes * 2 > quick_png_bytes
 
 
@@ -631,39 +634,48 @@ def _png_candidate(
     native_bytes: int | None = None,
     palette: Image.Image | None = None,
     *,
-    quick: Future[int] | None = None,
+    quick: Future[tuple[int, int]] | None = None,
     cancel: threading.Event | None = None,
 ) -> bytes | None:
     """The smallest PNG payload file that decodes back to exactly ``img``, or None.
 
     Candidates: Pillow's PNG of the image itself and of its exact palette version (``_png_options``). Above
     ``_SMALL_IMAGE`` pixels, shortcuts keep the encode fast: the truecolour PNG is skipped when a palette
-    version exists (three times the bytes to deflate), and no PNG is built at all when the best native payload
-    is under half of a quick level-1 PNG of the one version left (a heuristic: level 9 was 1.02-1.44x smaller
-    than level 1 on the sample photos at k = 2..256, up to 3.4x on tiled synthetic images, whose native payload
-    was smaller still; no case measured where the shortcut dropped a smaller PNG). Small
-    images try both versions (a few ms): there the palette's own bytes can make the palette PNG the larger one
-    (an 8x8 image of 64 colours).
+    version exists (three times the bytes to deflate), and the full PNG is not built when the best native
+    payload is well under a quick PNG of the one version left (``_png_may_pay``). Up to
+    ``_QUICK_LEVEL_6_MAX_PIXELS`` the quick PNG is level 6 (1-27 ms at 0.27 MP, where level 9 took 10-95 ms), kept
+    as a candidate, and the rule is 2/3 of it: level 9 was at most 1.12x smaller than level 6 on the sample photos
+    at k = 2..256 and 1.48x on synthetic gradients, tiles and text (whose native payloads were under 0.37 of level
+    6), and sometimes larger. Above, it is level 1 and half of it: level 9 was 1.02-1.44x smaller than level 1 on
+    the sample photos, up to 3.4x on tiled synthetic images, whose native payload was smaller still. No case
+    measured where a shortcut dropped a smaller PNG. Small images try both versions (a few ms): there the
+    palette's own bytes can make the palette PNG the larger one (an 8x8 image of 64 colours).
 
     Built alongside the native payload (``encode_image``), the native size is not known yet: the quick PNG's
-    size is handed to the caller through ``quick`` instead, and the caller sets ``cancel`` to stop the build.
+    size and level are handed to the caller through ``quick`` instead, and the caller sets ``cancel`` to stop the
+    build.
     """
     if palette is None:  # (given when an rgb fit already knows it)
         palette = as_palette_image(_pixels(img))
     small = img.width * img.height <= _SMALL_IMAGE
     versions = [palette] if (palette is not None and not small) else [_clean_copy(_pixels(img)), palette]
     versions = [v for v in versions if v is not None]
+    streams = []
     if (native_bytes is not None or quick is not None) and not small and len(versions) == 1:
+        level = 6 if img.width * img.height <= _QUICK_LEVEL_6_MAX_PIXELS else 1
         first = io.BytesIO()
         try:
-            versions[0].save(first, format="PNG", compress_level=1)
+            versions[0].save(first, format="PNG", compress_level=level)
         except (OSError, ValueError):
             return None
         if quick is not None:
-            quick.set_result(first.tell())
-        if native_bytes is not None and not _png_may_pay(native_bytes, first.tell()):
+            quick.set_result((first.tell(), level))
+        if native_bytes is not None and not _png_may_pay(native_bytes, first.tell(), level):
             return None
-    streams = []
+        if level == 6:  # a candidate itself (level 9 is not always smaller), and the whole PNG when that is level 6
+            streams.append(first.getvalue())
+            if _png_options(versions[0]) == {"compress_level": 6}:
+                versions = []
     for version in versions:
         buf = io.BytesIO() if cancel is None else _StoppableBuffer(cancel)
         try:

@@ -480,13 +480,13 @@ def test_kq_is_no_larger_than_optimized_palette_png(china, k):
 
 
 def _alongside_cases(china, flower) -> dict[str, tuple[Image.Image, dict]]:
-    box = (0, 0, 400, 300)  # 120 000 pixels: above the small-image limit, so the quick level-1 rule applies
+    box = (0, 0, 400, 300)  # 120 000 pixels: above the small-image limit, so the quick level-6 rule applies
     rng = np.random.default_rng(0)
     tile = Image.fromarray(np.tile(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (40, 50, 1)))
     return {
         "lossless photo": (china.crop(box), {}),
         "photo k=16": (china.crop(box), {"k": 16}),
-        "native under half the quick PNG": (flower.crop(box), {"k": 16}),
+        "native under 2/3 of the quick PNG": (flower.crop(box), {"k": 16}),
         "tiles": (tile, {}),
         "L": (flower.crop(box).convert("L"), {}),
         "RGBA k=64": (china.crop(box).convert("RGBA"), {"k": 64}),
@@ -516,7 +516,7 @@ def test_png_candidate_stops_when_cancelled(flower):
     cancel.set()
     with pytest.raises(encoder._Cancelled):  # Pillow's PNG encoder lets the write's exception through
         img.save(encoder._StoppableBuffer(cancel), format="PNG")
-    quick: Future[int] = Future()
+    quick: Future[tuple[int, int]] = Future()
     assert _png_candidate(img, None, quick=quick, cancel=cancel) is None
-    assert quick.result() > 0  # the quick PNG's size is still handed over
+    assert quick.result()[0] > 0 and quick.result()[1] == 6  # the quick PNG's size and level are still handed over
     assert _png_candidate(img, None, quick=Future(), cancel=threading.Event()) is not None
