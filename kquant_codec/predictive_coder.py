@@ -132,7 +132,7 @@ def _init_model(q, n):
 @njit(cache=True, inline="always")
 def _code_sym(dec, q, c, n, s, x, pos, words, w1, st, fr, k):
     """One symbol under the reduced CDF q[c] over n symbols: decode it (dec) or record s (encoder).
-    Returns (s, x, pos, st, fr, k, ok); ok is False when the decoder runs out of words."""
+    Returns (s, x, pos, k, ok); ok is False when the decoder runs out of words."""
     if dec:
         slot = x & (TOT - 1)
         s = 0
@@ -146,18 +146,18 @@ def _code_sym(dec, q, c, n, s, x, pos, words, w1, st, fr, k):
         x = freq * (x >> PREC) + (x & (TOT - 1)) - start
         if x < RANS_L:
             if pos >= w1:
-                return s, x, pos, st, fr, k, False
+                return s, x, pos, k, False
             x = (x << 16) | np.int64(words[pos])
             pos += 1
     else:
-        _put(st, fr, k, start, freq)
+        _put(st, fr, k, start, freq)  # (st, fr are sized for every symbol: written, never replaced)
         k += 1
-    return s, x, pos, st, fr, k, True
+    return s, x, pos, k, True
 
 
 @njit(cache=True, inline="always")
 def _code_raw(dec, v, nb, x, pos, words, w1, st, fr, k):
-    """nb (1..15) raw bits of v. Returns (v, x, pos, st, fr, k, ok)."""
+    """nb (1..15) raw bits of v. Returns (v, x, pos, k, ok)."""
     sh = PREC - nb
     if dec:
         slot = x & (TOT - 1)
@@ -165,19 +165,19 @@ def _code_raw(dec, v, nb, x, pos, words, w1, st, fr, k):
         x = (np.int64(1) << sh) * (x >> PREC) + slot - (v << sh)
         if x < RANS_L:
             if pos >= w1:
-                return v, x, pos, st, fr, k, False
+                return v, x, pos, k, False
             x = (x << 16) | np.int64(words[pos])
             pos += 1
     else:
         _put(st, fr, k, v << sh, np.int64(1) << sh)
         k += 1
-    return v, x, pos, st, fr, k, True
+    return v, x, pos, k, True
 
 
 @njit(cache=True, inline="always")
 def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct, qs, cs, x, pos, words, w1, st, fr, k):
     """The residual r = label - p (p in 0..mx): magnitude bucket (two models mixed), top mantissa bit, raw low
-    bits, then the sign when both signs are possible. Returns (r, x, pos, st, fr, k, status)."""
+    bits, then the sign when both signs are possible. Returns (r, x, pos, k, status)."""
     a = r if r >= 0 else -r
     b = _bitlen(a)
     wv = np.int64(wb[actx])
@@ -199,7 +199,7 @@ def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct
         x = fm * (x >> PREC) + (x & (TOT - 1)) - (lo + b)
         if x < RANS_L:
             if pos >= w1:
-                return 0, x, pos, st, fr, k, _ERR_EOF
+                return 0, x, pos, k, _ERR_EOF
             x = (x << 16) | np.int64(words[pos])
             pos += 1
     else:
@@ -216,34 +216,34 @@ def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct
         t = (a >> nb) & 1
         tq = (actx // (NREFQ * 3)) >> 2
         tctx = b * 4 + (tq if tq < 3 else 3)
-        t, x, pos, st, fr, k, ok = _code_sym(dec, qt, tctx, 2, t, x, pos, words, w1, st, fr, k)
+        t, x, pos, k, ok = _code_sym(dec, qt, tctx, 2, t, x, pos, words, w1, st, fr, k)
         if not ok:
-            return 0, x, pos, st, fr, k, _ERR_EOF
+            return 0, x, pos, k, _ERR_EOF
         _adapt(qt, ct, tctx, 2, t)
         raw = 0
         if nb > 0:
-            raw, x, pos, st, fr, k, ok = _code_raw(dec, a & ((1 << nb) - 1), nb, x, pos, words, w1, st, fr, k)
+            raw, x, pos, k, ok = _code_raw(dec, a & ((1 << nb) - 1), nb, x, pos, words, w1, st, fr, k)
             if not ok:
-                return 0, x, pos, st, fr, k, _ERR_EOF
+                return 0, x, pos, k, _ERR_EOF
         a = (1 << (b - 1)) | (t << nb) | raw
     else:
         a = b
     if a == 0:
-        return 0, x, pos, st, fr, k, _OK
+        return 0, x, pos, k, _OK
     up = a <= mx - p
     dn = a <= p
     if up and dn:
         sg = 1 if r < 0 else 0
-        sg, x, pos, st, fr, k, ok = _code_sym(dec, qs, sctx, 2, sg, x, pos, words, w1, st, fr, k)
+        sg, x, pos, k, ok = _code_sym(dec, qs, sctx, 2, sg, x, pos, words, w1, st, fr, k)
         if not ok:
-            return 0, x, pos, st, fr, k, _ERR_EOF
+            return 0, x, pos, k, _ERR_EOF
         _adapt(qs, cs, sctx, 2, sg)
-        return (-a if sg else a), x, pos, st, fr, k, _OK
+        return (-a if sg else a), x, pos, k, _OK
     if up:
-        return a, x, pos, st, fr, k, _OK
+        return a, x, pos, k, _OK
     if dn:
-        return -a, x, pos, st, fr, k, _OK
-    return 0, x, pos, st, fr, k, _ERR_SYM
+        return -a, x, pos, k, _OK
+    return 0, x, pos, k, _ERR_SYM
 
 
 @njit(cache=True, inline="always")
@@ -251,42 +251,42 @@ def _code_run(dec, L, left, rctx, nrun, qr, cr, x, pos, words, w1, st, fr, k):
     """A run of L zero residuals starting here, 0 <= L <= left (pixels left in the row, this one included):
     token 0 = to the end of the row, else bitlen(L) + 1, then the low bitlen(L) - 1 bits of L raw (more than 15
     in two parts, the high part first). With nrun = NRUN + 1 (exact rules), token RUN_TO_LAST = L = left - 1
-    >= 1. Returns (L, x, pos, st, fr, k, status)."""
+    >= 1. Returns (L, x, pos, k, status)."""
     if L == left:
         t = 0
     elif nrun > NRUN and L == left - 1 and L >= 1:
         t = RUN_TO_LAST
     else:
         t = _bitlen(L) + 1
-    t, x, pos, st, fr, k, ok = _code_sym(dec, qr, rctx, nrun, t, x, pos, words, w1, st, fr, k)
+    t, x, pos, k, ok = _code_sym(dec, qr, rctx, nrun, t, x, pos, words, w1, st, fr, k)
     if not ok:
-        return 0, x, pos, st, fr, k, _ERR_EOF
+        return 0, x, pos, k, _ERR_EOF
     _adapt(qr, cr, rctx, nrun, t)
     if t == 0:
-        return left, x, pos, st, fr, k, _OK
+        return left, x, pos, k, _OK
     if t == RUN_TO_LAST:
         if left < 2:
-            return 0, x, pos, st, fr, k, _ERR_SYM
-        return left - 1, x, pos, st, fr, k, _OK
+            return 0, x, pos, k, _ERR_SYM
+        return left - 1, x, pos, k, _OK
     if t <= 2:
         L = t - 1
     else:
         nb = t - 2
         low = L & ((1 << nb) - 1)
         if nb > 15:
-            hi, x, pos, st, fr, k, ok = _code_raw(dec, low >> 15, nb - 15, x, pos, words, w1, st, fr, k)
+            hi, x, pos, k, ok = _code_raw(dec, low >> 15, nb - 15, x, pos, words, w1, st, fr, k)
             if not ok:
-                return 0, x, pos, st, fr, k, _ERR_EOF
-            lo, x, pos, st, fr, k, ok = _code_raw(dec, low & 0x7FFF, 15, x, pos, words, w1, st, fr, k)
+                return 0, x, pos, k, _ERR_EOF
+            lo, x, pos, k, ok = _code_raw(dec, low & 0x7FFF, 15, x, pos, words, w1, st, fr, k)
             low = (hi << 15) | lo
         else:
-            low, x, pos, st, fr, k, ok = _code_raw(dec, low, nb, x, pos, words, w1, st, fr, k)
+            low, x, pos, k, ok = _code_raw(dec, low, nb, x, pos, words, w1, st, fr, k)
         if not ok:
-            return 0, x, pos, st, fr, k, _ERR_EOF
+            return 0, x, pos, k, _ERR_EOF
         L = (1 << nb) | low
     if L >= left:
-        return 0, x, pos, st, fr, k, _ERR_SYM
-    return L, x, pos, st, fr, k, _OK
+        return 0, x, pos, k, _ERR_SYM
+    return L, x, pos, k, _OK
 
 
 @njit(cache=True, nogil=True)
@@ -370,7 +370,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             ws[i] = E[prv, 0, i] + E[prv, 1, i] + E[prv, 2, i] + E[prv, 3, i] + E[prv, 4, i]
         flag = 0
         if dec:
-            flag, x, pos, st, fr, k, ok = _code_sym(dec, qf, prevflag, 2, 0, x, pos, words, w1, st, fr, k)
+            flag, x, pos, k, ok = _code_sym(dec, qf, prevflag, 2, 0, x, pos, words, w1, st, fr, k)
             if not ok:
                 return _ERR_EOF, st, fr, 0
             _adapt(qf, cf, prevflag, 2, flag)
@@ -462,7 +462,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                     after = False
                     status = _OK
                     if not brk and ee == 0:
-                        L, x, pos, st, fr, k, status = _code_run(
+                        L, x, pos, k, status = _code_run(
                             dec, 0, W - xc, 1 if xc == 0 else 0, nrun, qr, cr, x, pos, words, w1, st, fr, k
                         )
                         if status != _OK:
@@ -473,7 +473,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             run_left = L - 1
                             after = xc + L < W
                     if brk:
-                        r, x, pos, st, fr, k, status = _code_residual(
+                        r, x, pos, k, status = _code_residual(
                             dec,
                             0,
                             p,
@@ -501,7 +501,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                         if status == _OK and r == 0:
                             status = _ERR_SYM
                     elif ee != 0:
-                        r, x, pos, st, fr, k, status = _code_residual(
+                        r, x, pos, k, status = _code_residual(
                             dec,
                             0,
                             p,
@@ -571,7 +571,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             bN[bc] = n
         if not dec:
             flag = 1 if allzero else 0
-            flag, x, pos, st, fr, k, ok = _code_sym(dec, qf, prevflag, 2, flag, x, pos, words, w1, st, fr, k)
+            flag, x, pos, k, ok = _code_sym(dec, qf, prevflag, 2, flag, x, pos, words, w1, st, fr, k)
             _adapt(qf, cf, prevflag, 2, flag)
             if not flag:
                 rb_r[W] = 1  # sentinel: runs stop at the end of the row
@@ -584,7 +584,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             L += 1
                         if xc + L > W:
                             L = W - xc
-                        L, x, pos, st, fr, k, status = _code_run(
+                        L, x, pos, k, status = _code_run(
                             dec, L, W - xc, 1 if xc == 0 else 0, nrun, qr, cr, x, pos, words, w1, st, fr, k
                         )
                         if L > 0:
@@ -593,7 +593,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                                 break
                             r = rb_r[xc]
                         # the pixel that ends the run (or the run of length 0): never zero
-                        r, x, pos, st, fr, k, status = _code_residual(
+                        r, x, pos, k, status = _code_residual(
                             dec,
                             r,
                             rb_p[xc],
@@ -619,7 +619,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             k,
                         )
                     else:
-                        r, x, pos, st, fr, k, status = _code_residual(
+                        r, x, pos, k, status = _code_residual(
                             dec,
                             r,
                             rb_p[xc],
