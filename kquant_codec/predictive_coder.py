@@ -472,14 +472,14 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                         else:
                             run_left = L - 1
                             after = xc + L < W
-                    if brk:
+                    if brk or ee != 0:  # (one call site: each is inlined, and compile time grows with them)
                         r, x, pos, k, status = _code_residual(
                             dec,
                             0,
                             p,
                             mx,
-                            NACTX,
-                            NBCTX,
+                            NACTX if brk else actx,
+                            NBCTX if brk else bctx,
                             sctx,
                             qb,
                             cb,
@@ -498,34 +498,8 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             fr,
                             k,
                         )
-                        if status == _OK and r == 0:
+                        if brk and status == _OK and r == 0:
                             status = _ERR_SYM
-                    elif ee != 0:
-                        r, x, pos, k, status = _code_residual(
-                            dec,
-                            0,
-                            p,
-                            mx,
-                            actx,
-                            bctx,
-                            sctx,
-                            qb,
-                            cb,
-                            qb2,
-                            cb2,
-                            wb,
-                            qt,
-                            ct,
-                            qs,
-                            cs,
-                            x,
-                            pos,
-                            words,
-                            w1,
-                            st,
-                            fr,
-                            k,
-                        )
                     if status != _OK:
                         return status, st, fr, 0
                 v = p + r
@@ -578,7 +552,8 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                 xc = 0
                 while xc < W:
                     r = rb_r[xc]
-                    if rb_z[xc]:
+                    ended = rb_z[xc]  # a run is coded first; the pixel that ends it has the run contexts
+                    if ended:
                         L = 0
                         while rb_r[xc + L] == 0:
                             L += 1
@@ -592,58 +567,33 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             if xc >= W:
                                 break
                             r = rb_r[xc]
-                        # the pixel that ends the run (or the run of length 0): never zero
-                        r, x, pos, k, status = _code_residual(
-                            dec,
-                            r,
-                            rb_p[xc],
-                            mx,
-                            NACTX,
-                            NBCTX,
-                            rb_s[xc],
-                            qb,
-                            cb,
-                            qb2,
-                            cb2,
-                            wb,
-                            qt,
-                            ct,
-                            qs,
-                            cs,
-                            x,
-                            pos,
-                            words,
-                            w1,
-                            st,
-                            fr,
-                            k,
-                        )
-                    else:
-                        r, x, pos, k, status = _code_residual(
-                            dec,
-                            r,
-                            rb_p[xc],
-                            mx,
-                            rb_a[xc],
-                            rb_b[xc],
-                            rb_s[xc],
-                            qb,
-                            cb,
-                            qb2,
-                            cb2,
-                            wb,
-                            qt,
-                            ct,
-                            qs,
-                            cs,
-                            x,
-                            pos,
-                            words,
-                            w1,
-                            st,
-                            fr,
-                            k,
-                        )
+                    # one call site (each is inlined: compile time grows with them); after a run, the pixel
+                    # that ends it (never zero)
+                    r, x, pos, k, status = _code_residual(
+                        dec,
+                        r,
+                        rb_p[xc],
+                        mx,
+                        NACTX if ended else rb_a[xc],
+                        NBCTX if ended else rb_b[xc],
+                        rb_s[xc],
+                        qb,
+                        cb,
+                        qb2,
+                        cb2,
+                        wb,
+                        qt,
+                        ct,
+                        qs,
+                        cs,
+                        x,
+                        pos,
+                        words,
+                        w1,
+                        st,
+                        fr,
+                        k,
+                    )
                     xc += 1
         prevflag = flag
     if dec:
