@@ -246,7 +246,7 @@ def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct
     return 0, x, pos, k, _ERR_SYM
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _code_run(dec, L, left, rctx, nrun, qr, cr, x, pos, words, w1, st, fr, k):
     """A run of L zero residuals starting here, 0 <= L <= left (pixels left in the row, this one included):
     token 0 = to the end of the row, else bitlen(L) + 1, then the low bitlen(L) - 1 bits of L raw (more than 15
