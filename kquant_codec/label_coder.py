@@ -817,9 +817,9 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
 _announced: set[str] = set()
 
 
-def _notice_first_compile(kernel, what: str, seconds: str = "10-25") -> None:
+def _notice_first_compile(kernel, what: str, seconds: str = "5-15") -> None:
     """Say so, once, when ``kernel`` is about to be compiled for this machine (its numba cache is empty or
-    stale): the first encode or decode then takes ``seconds`` (codec 3: some 10-25 s; codec 4: 30-60 s on two
+    stale): the first encode or decode then takes ``seconds`` (codec 3: some 5-15 s; codec 4: 15-30 s on two
     cores) instead of milliseconds, and a silent wait that long looks like a hang. Logged as a warning (shown
     on stderr when the application sets up no logging). Uses numba's cache internals; if they change, there is
     simply no notice."""
