@@ -294,6 +294,22 @@ def small_hostile_inputs() -> dict[str, bytes]:
     palette = Image.new("P", (4, 4))
     palette.putpalette(bytes(range(12)))
     files["png-P-as-RGB-declared-CMYK-mode"] = _png_payload_wrong_mode(_png_of(palette))
+    # Spec section 9 asks for the whole PNG datastream, every chunk CRC right, one IHDR, nothing after IEND, and no
+    # palette index past PLTE: Pillow's reader alone lets all five through.
+    grey = png_stream(4, 4, zlib.compress(bytes(4 * 5)))
+    files["png-without-IEND"] = png_payload("L", 4, 4, grey[:-12])
+    bad_crc = bytearray(grey)
+    bad_crc[-13] ^= 1  # the last byte of the IDAT chunk's CRC
+    files["png-IDAT-CRC-wrong"] = png_payload("L", 4, 4, bytes(bad_crc))
+    files["png-bytes-after-IEND"] = png_payload("L", 4, 4, grey + b"\x00")
+    same_ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0))
+    files["png-second-IHDR-same-size"] = png_payload(
+        "L", 4, 4, png_stream(4, 4, zlib.compress(bytes(20)), extra=same_ihdr)
+    )
+    plte = png_chunk(b"PLTE", bytes(range(6)))  # 2 entries; the pixels use index 5
+    files["png-P-index-past-PLTE"] = png_payload(
+        "P", 4, 4, png_stream(4, 4, zlib.compress(bytes([0, 5, 5, 5, 5]) * 4), colour_type=3, extra=plte)
+    )
     return files
 
 

@@ -13,6 +13,7 @@ import io
 import os
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -239,6 +240,7 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
         raise KqFormatError(
             f"PNG payload has colour type {colour_type} at {depth} bits, which does not give mode {header.image_mode}"
         )
+    _check_png_chunks(png)
     # The PNG plugin's class directly, not Image.open: the declared size has had its decompression-bomb
     # check already, and Image.open would warn again (silencing that with warnings.catch_warnings is not
     # thread-safe: concurrent decoders left the global warning filters changed).
@@ -253,11 +255,39 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
             raise KqFormatError("PNG payload is corrupt: an indexed PNG without a PLTE chunk")
         if isinstance(transparency, bytes) and len(transparency) > entries:
             raise KqFormatError(f"PNG payload is corrupt: tRNS has {len(transparency)} entries, PLTE {entries}")
+        top = int(np.asarray(img).max())
+        if top >= entries:
+            raise KqFormatError(f"PNG payload is corrupt: palette index {top} past the {entries} PLTE entries")
     if img.mode != header.image_mode:
         if (img.mode, header.image_mode) not in _PNG_CONVERSIONS:
             raise KqFormatError(f"PNG payload has mode {img.mode}, which does not give mode {header.image_mode}")
         img = img.convert(header.image_mode)
     return img
+
+
+def _check_png_chunks(png: bytes) -> None:
+    """Spec section 9: after the signature, whole chunks (length, type, data, CRC) with correct CRCs, one IHDR,
+    the last one IEND, nothing after it. Pillow alone accepts a missing IEND, a wrong IDAT CRC, trailing bytes
+    and a second IHDR."""
+    pos, view = len(PNG_SIGNATURE), memoryview(png)
+    while True:
+        if pos + 12 > len(png):
+            raise KqFormatError("PNG payload is truncated: it ends inside a chunk, before IEND")
+        (length,) = struct.unpack_from(">I", png, pos)
+        end = pos + 12 + length
+        if length > 0x7FFFFFFF or end > len(png):
+            raise KqFormatError("PNG payload is truncated: a chunk runs past the end of the stream")
+        kind = bytes(view[pos + 4 : pos + 8])
+        (crc,) = struct.unpack_from(">I", png, end - 4)
+        if zlib.crc32(view[pos + 4 : end - 4]) != crc:
+            raise KqFormatError(f"PNG payload is corrupt: CRC mismatch in its {kind!r} chunk")
+        if kind == b"IHDR" and pos != len(PNG_SIGNATURE):  # (Pillow would take the last one's size)
+            raise KqFormatError("PNG payload is corrupt: a second IHDR chunk")
+        pos = end
+        if kind == b"IEND":
+            break
+    if pos != len(png):
+        raise KqFormatError(f"PNG payload has {len(png) - pos} bytes after its IEND chunk")
 
 
 @dataclass

@@ -657,9 +657,9 @@ def _uvarint(v: int) -> bytes:
 
 
 def _read_uvarint(data: bytes, pos: int, limit: int = 1 << 40) -> tuple[int, int]:
+    """A uvarint of at most 6 bytes (spec 16.1) at data[pos:], no larger than limit -> (value, next pos)."""
     v = 0
-    shift = 0
-    while True:
+    for shift in range(0, 42, 7):
         if pos >= len(data):
             raise ValueError("truncated label stream (varint)")
         b = data[pos]
@@ -669,9 +669,7 @@ def _read_uvarint(data: bytes, pos: int, limit: int = 1 << 40) -> tuple[int, int
             raise ValueError("varint out of range")
         if not b & 0x80:
             return v, pos
-        shift += 7
-        if shift > 42:
-            raise ValueError("varint too long")
+    raise ValueError("varint longer than 6 bytes")
 
 
 # Lower bounds on the information each coded item carries (bits), used to refuse streams too short for the

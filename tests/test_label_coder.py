@@ -328,3 +328,22 @@ def test_multi_stripe_jobs_hand_freed_memory_back_first(monkeypatch):
     assert calls == [0]
     monkeypatch.setattr(_heap, "_TRIM", [None])  # no malloc_trim (not glibc): plain calls
     assert label_coder._map_stripes(lambda x: x + 1, [1, 2]) == [2, 3]
+
+
+def test_uvarints_are_at_most_six_bytes():
+    """Spec 16.1: a uvarint has at most 6 bytes. A 7-byte one is refused even when its last group is zero (the
+    value would fit), and a stream whose stripe height is written that way is refused as a whole."""
+    from kquant_codec import label_coder as lc
+
+    assert lc._read_uvarint(bytes([0x86, 0x80, 0x80, 0x80, 0x80, 0x00]), 0) == (6, 6)
+    assert lc._read_uvarint(lc._uvarint((1 << 40) - 1), 0) == ((1 << 40) - 1, 6)
+    with pytest.raises(ValueError, match="longer than 6 bytes"):
+        lc._read_uvarint(bytes([0x86, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]), 0)
+    lab = _structured(12, 10, 4, np.random.default_rng(3))
+    data = lc.encode_plane(lab, 4, None, None)
+    assert data[2] == 12  # stripe height, one byte
+    padded = data[:2] + bytes([0x8C, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]) + data[3:]
+    with pytest.raises(ValueError, match="longer than 6 bytes"):
+        lc.decode_plane(padded, 12, 10, 4, None, None)
+    five = data[:2] + bytes([0x8C, 0x80, 0x80, 0x80, 0x00]) + data[3:]  # 5 bytes: allowed, same value
+    assert np.array_equal(lc.decode_plane(five, 12, 10, 4, None, None), lab)
