@@ -27,6 +27,9 @@ Every figure is measured in the same run, on the same machine, so ratios are sid
   fitted on every raw pixel, then ``predict``; stopped after ``--cap`` seconds.
 - global and channel modes: ``img.filter(KMeansQuantize(k, mode=...))`` throughput (warm, best of 2) and
   the whole ``.kq`` encode.
+- A k-means reference for the quality table (what the k-means objective itself reaches, at any cost):
+  scikit-learn ``KMeans(k, n_init=4, random_state=0)`` on the photo's distinct colours weighted by their
+  counts, centres rounded to integers, every pixel mapped to its nearest centre ("sk MSE").
 
 MSE is per sample (mean over H x W x 3), PSNR = 10 log10(255^2 / MSE). Ratios are kquant / other (time
 ratios from the whole encode; below 1 means kquant is faster or better). Uses only kquant_codec's public
@@ -101,6 +104,22 @@ def squared_error(a: np.ndarray, b: np.ndarray) -> int:
     import kquant_codec as kq
 
     return sum(kq.squared_error(a[s : s + 256], b[s : s + 256]) for s in range(0, a.shape[0], 256))
+
+
+def kmeans_reference_mse(arr: np.ndarray, k: int) -> float:
+    """MSE per sample of scikit-learn's KMeans (4 k-means++ starts, best kept) on the weighted distinct colours of
+    an (H, W, 3) uint8 photo: the k-means objective's reach, for comparison (seconds to tens of seconds)."""
+    from sklearn.cluster import KMeans
+
+    colours, counts = np.unique(arr.reshape(-1, 3), axis=0, return_counts=True)
+    model = KMeans(min(k, len(colours)), n_init=4, random_state=0).fit(colours.astype(np.float64), sample_weight=counts)
+    centres = np.clip(np.rint(model.cluster_centers_), 0, 255)
+    sse = 0.0
+    for s in range(0, len(colours), 8192):  # nearest rounded centre, in blocks (bounded memory)
+        c = colours[s : s + 8192].astype(np.float64)
+        d = ((c[:, None, :] - centres[None]) ** 2).sum(-1).min(1)
+        sse += float((d * counts[s : s + 8192]).sum())
+    return sse / arr.size
 
 
 def palette_png(img: Image.Image, kq_bytes: bytes) -> bytes:
@@ -420,7 +439,8 @@ def quality_table(photos: dict[str, np.ndarray], ks, have_pq: bool, work: Path) 
     print("\n== Sample photos at their own size (about 0.27 MP): quality and speed at every k, rgb ==")
     print(
         f"  {'photo':22} {'k':>4} {'kq s':>6} {'quant s':>7} {'kq MSE':>9} {'pq4 s':>6} {'pq1 s':>6} {'pq1 MSE':>9}"
-        f" {'median MSE':>10} {'octree MSE':>10} {'kq/pq4 time':>11} {'kq/pq1 MSE':>10}"
+        f" {'median MSE':>10} {'octree MSE':>10} {'sk MSE':>9} {'kq/pq4 time':>11} {'kq/pq1 MSE':>10}"
+        f" {'sk/pq1 MSE':>10}"
     )
     summary: dict[int, list[tuple[str, float, float]]] = {}
     img0 = Image.fromarray(next(iter(photos.values())))
@@ -446,22 +466,24 @@ def quality_table(photos: dict[str, np.ndarray], ks, have_pq: bool, work: Path) 
             )
             m_med = squared_error(arr, med) / (3 * pixels)
             m_oct = squared_error(arr, octr) / (3 * pixels)
+            m_sk = kmeans_reference_mse(arr, k)
             line = f"  {name:22} {k:4d} {t_kq:6.2f} {t_quant:7.2f} {m_kq:9.3f}"
             if have_pq:
                 p4 = min((run_pngquant(png, k, 4, work, arr) for _ in range(SMALL_RUNS)), key=lambda r: r["encode"])
                 p1 = run_pngquant(png, k, 1, work, arr)
                 m_p1 = p1["sse"] / (3 * pixels)
-                summary.setdefault(k, []).append((name, m_kq / m_p1, t_kq / p4["encode"]))
+                summary.setdefault(k, []).append((name, m_kq / m_p1, t_kq / p4["encode"], m_sk / m_p1))
                 line += f" {p4['encode']:6.2f} {p1['encode']:6.2f} {m_p1:9.3f}"
             else:
                 line += f" {'-':>6} {'-':>6} {'-':>9}"
-            line += f" {m_med:10.3f} {m_oct:10.3f}"
+            line += f" {m_med:10.3f} {m_oct:10.3f} {m_sk:9.3f}"
             if have_pq:
-                line += f" {t_kq / p4['encode']:11.2f} {m_kq / m_p1:10.3f}"
+                line += f" {t_kq / p4['encode']:11.2f} {m_kq / m_p1:10.3f} {m_sk / m_p1:10.3f}"
             print(line, flush=True)
     if summary:
         print("\n  per k over the photos: kquant MSE / pngquant --speed 1 MSE (target: median <= 0.92, max <= 1.0),")
-        print("  and kquant .kq encode time / pngquant --speed 4 time (target: <= 2 on small images)")
+        print("  kquant .kq encode time / pngquant --speed 4 time (target: <= 2 on small images),")
+        print("  and the k-means reference (scikit-learn KMeans, 4 starts) MSE / pngquant --speed 1 MSE")
         for k, rows in summary.items():
             ratios = [r[1] for r in rows]
             worst = max(rows, key=lambda r: r[1])
@@ -469,6 +491,8 @@ def quality_table(photos: dict[str, np.ndarray], ks, have_pq: bool, work: Path) 
             print(
                 f"  k={k:3d}  MSE ratio median {statistics.median(ratios):.3f}  max {worst[1]:.3f} ({worst[0]})"
                 f"  time ratio median {statistics.median(times):.2f}  max {max(times):.2f}"
+                f"  reference median {statistics.median(r[3] for r in rows):.3f}"
+                f"  min {min(r[3] for r in rows):.3f}"
             )
     return summary
 
@@ -505,6 +529,11 @@ def print_targets(quality: dict, scale: dict, planar: list, import_s: tuple, num
             "  quality, MSE / pngquant --speed 1 (median <= 0.92 at every k, never > 1.0): medians "
             + ", ".join(f"k={k}: {m:.3f}" for k, m in medians.items())
             + f"; worst single {worst[0]:.3f} ({worst[2]}, k={worst[1]})"
+        )
+        reference = {k: statistics.median(r[3] for r in rows) for k, rows in quality.items()}
+        print(
+            "  k-means reference (scikit-learn KMeans, 4 starts) MSE / pngquant --speed 1, medians: "
+            + ", ".join(f"k={k}: {m:.3f}" for k, m in reference.items())
         )
         small = [r[2] for rows in quality.values() for r in rows]
         print(
