@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_ONCE = {b"IHDR", b"PLTE", b"tRNS"}  # chunks a PNG may hold once at most
 Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
 # (mode of the PNG as Pillow reads it, image mode of the .kq header) pairs a reader converts between.
@@ -266,10 +267,10 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
 
 
 def _check_png_chunks(png: bytes) -> None:
-    """Spec section 9: after the signature, whole chunks (length, type, data, CRC) with correct CRCs, one IHDR,
-    the last one IEND, nothing after it. Pillow alone accepts a missing IEND, a wrong IDAT CRC, trailing bytes
-    and a second IHDR."""
-    pos, view = len(PNG_SIGNATURE), memoryview(png)
+    """Spec section 9: after the signature, whole chunks (length, type, data, CRC) with correct CRCs, at most one
+    IHDR, PLTE and tRNS, the last one IEND, nothing after it. Pillow alone accepts a missing IEND, a wrong IDAT
+    CRC, trailing bytes and repeated chunks."""
+    pos, view, seen = len(PNG_SIGNATURE), memoryview(png), set()
     while True:
         if pos + 12 > len(png):
             raise KqFormatError("PNG payload is truncated: it ends inside a chunk, before IEND")
@@ -281,8 +282,10 @@ def _check_png_chunks(png: bytes) -> None:
         (crc,) = struct.unpack_from(">I", png, end - 4)
         if zlib.crc32(view[pos + 4 : end - 4]) != crc:
             raise KqFormatError(f"PNG payload is corrupt: CRC mismatch in its {kind!r} chunk")
-        if kind == b"IHDR" and pos != len(PNG_SIGNATURE):  # (Pillow would take the last one's size)
-            raise KqFormatError("PNG payload is corrupt: a second IHDR chunk")
+        if kind in _PNG_ONCE:  # (Pillow takes the last IHDR's size, the last tRNS's alpha)
+            if kind in seen:
+                raise KqFormatError(f"PNG payload is corrupt: a second {kind.decode()} chunk")
+            seen.add(kind)
         pos = end
         if kind == b"IEND":
             break
