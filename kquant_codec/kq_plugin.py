@@ -56,6 +56,7 @@ class KqImageFile(ImageFile.ImageFile):
             raise SyntaxError(str(exc)) from exc
         self.kq_header: KqHeader = header
         self._kq: KqImage | None = None
+        self._kq_pixels: object | None = None  # the decoded image's ImagingCore, until load_end
         self._kq_palette: tuple[ImagePalette.ImagePalette, object] | None = None
         self._size = header.size
         self._mode = header.image_mode
@@ -75,12 +76,20 @@ class KqImageFile(ImageFile.ImageFile):
 
     def _kq_decoded(self, kq: KqImage, img: Image.Image) -> None:
         self._kq = kq
+        self._kq_pixels = img.im
         if kq.png is not None and img.mode == "P":
             pal_mode = img.im.getpalettemode()
             palette = ImagePalette.raw(pal_mode, img.im.getpalette(pal_mode, pal_mode))
             self._kq_palette = (palette, img.info.get("transparency"))
 
     def load_end(self) -> None:
+        # The decoded pixels replace the blank image load() prepared (still untouched: its zeroed pages were
+        # never written), instead of being pasted into it: at 12 MP RGB that saves a 48 MB copy (~30 ms).
+        if self._kq_pixels is not None:
+            self.im = self._kq_pixels
+            self._kq_pixels = None
+            if self.palette is not None:  # Image.load then gives the new memory this image's palette
+                self.palette.dirty = 1
         # A P image in a PNG payload brings its palette only with the pixels.
         if self._kq_palette is not None:
             self.palette, transparency = self._kq_palette
@@ -103,10 +112,8 @@ class KqDecoder(ImageFile.PyDecoder):
                 return -1, 0
             raise KqFormatError(f"image file is truncated ({len(payload)} of {header.payload_length} payload bytes)")
         kq = decode_file(header, payload)
-        img = kq.to_image()  # the header's mode and size, which _open gave this image
-        # One C-level copy into Pillow's buffer (tobytes + set_as_raw would copy twice, via Python bytes).
-        self.im.paste(img.im, (0, 0, img.width, img.height))
-        owner._kq_decoded(kq, img)
+        img = kq.to_image()  # a new image of the header's mode and size, which _open gave this image
+        owner._kq_decoded(kq, img)  # its pixel memory becomes the file image's in load_end: no copy
         return -1, 0
 
 
