@@ -294,8 +294,8 @@ def small_hostile_inputs() -> dict[str, bytes]:
     palette = Image.new("P", (4, 4))
     palette.putpalette(bytes(range(12)))
     files["png-P-as-RGB-declared-CMYK-mode"] = _png_payload_wrong_mode(_png_of(palette))
-    # Spec section 9 asks for the whole PNG datastream, every chunk CRC right, one IHDR, nothing after IEND, and no
-    # palette index past PLTE: Pillow's reader alone lets all five through.
+    # Spec section 9 asks for the whole PNG datastream, every chunk CRC right, one 13-byte IHDR, PLTE before the
+    # image data, an empty IEND with nothing after it, and no palette index past PLTE: Pillow lets all these through.
     grey = png_stream(4, 4, zlib.compress(bytes(4 * 5)))
     files["png-without-IEND"] = png_payload("L", 4, 4, grey[:-12])
     bad_crc = bytearray(grey)
@@ -306,6 +306,16 @@ def small_hostile_inputs() -> dict[str, bytes]:
     files["png-second-IHDR-same-size"] = png_payload(
         "L", 4, 4, png_stream(4, 4, zlib.compress(bytes(20)), extra=same_ihdr)
     )
+    files["png-IHDR-14-bytes"] = png_payload(
+        "L",
+        4,
+        4,
+        PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0) + b"\x00") + grey[33:],
+    )
+    files["png-IEND-with-data"] = png_payload("L", 4, 4, grey[:-12] + png_chunk(b"IEND", b"\x00"))
+    late_plte = png_stream(4, 4, zlib.compress(bytes(20)), colour_type=3)
+    late_plte = late_plte[:-12] + png_chunk(b"PLTE", bytes(range(6))) + late_plte[-12:]
+    files["png-PLTE-after-IDAT"] = png_payload("P", 4, 4, late_plte)
     plte = png_chunk(b"PLTE", bytes(range(6)))  # 2 entries; the pixels use index 5
     files["png-P-index-past-PLTE"] = png_payload(
         "P", 4, 4, png_stream(4, 4, zlib.compress(bytes([0, 5, 5, 5, 5]) * 4), colour_type=3, extra=plte)

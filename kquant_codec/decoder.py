@@ -46,6 +46,7 @@ __all__ = [
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_ONCE = {b"IHDR", b"PLTE", b"tRNS"}  # chunks a PNG may hold once at most
+_PNG_LENGTHS = {b"IHDR": 13, b"IEND": 0}  # data bytes of the chunks whose length is fixed
 Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
 # (mode of the PNG as Pillow reads it, image mode of the .kq header) pairs a reader converts between.
@@ -256,20 +257,22 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
             raise KqFormatError("PNG payload is corrupt: an indexed PNG without a PLTE chunk")
         if isinstance(transparency, bytes) and len(transparency) > entries:
             raise KqFormatError(f"PNG payload is corrupt: tRNS has {len(transparency)} entries, PLTE {entries}")
-        top = int(np.asarray(img).max())
+        top = img.getextrema()[1]
         if top >= entries:
             raise KqFormatError(f"PNG payload is corrupt: palette index {top} past the {entries} PLTE entries")
     if img.mode != header.image_mode:
         if (img.mode, header.image_mode) not in _PNG_CONVERSIONS:
             raise KqFormatError(f"PNG payload has mode {img.mode}, which does not give mode {header.image_mode}")
         img = img.convert(header.image_mode)
+    if header.image_mode != "P":  # alpha is in the pixels or nowhere (spec 9): no colour key survives
+        img.info.pop("transparency", None)
     return img
 
 
 def _check_png_chunks(png: bytes) -> None:
-    """Spec section 9: after the signature, whole chunks (length, type, data, CRC) with correct CRCs, at most one
-    IHDR, PLTE and tRNS, the last one IEND, nothing after it. Pillow alone accepts a missing IEND, a wrong IDAT
-    CRC, trailing bytes and repeated chunks."""
+    """Spec section 9: after the signature, whole chunks (length, type, data, CRC) with correct CRCs; at most one
+    IHDR (13 bytes), PLTE and tRNS, the last two before the first IDAT; the last chunk an empty IEND, nothing
+    after it. Pillow alone accepts a missing IEND, a wrong IDAT CRC, trailing bytes and repeated chunks."""
     pos, view, seen = len(PNG_SIGNATURE), memoryview(png), set()
     while True:
         if pos + 12 > len(png):
@@ -285,7 +288,11 @@ def _check_png_chunks(png: bytes) -> None:
         if kind in _PNG_ONCE:  # (Pillow takes the last IHDR's size, the last tRNS's alpha)
             if kind in seen:
                 raise KqFormatError(f"PNG payload is corrupt: a second {kind.decode()} chunk")
-            seen.add(kind)
+            if b"IDAT" in seen and kind != b"IHDR":
+                raise KqFormatError(f"PNG payload is corrupt: its {kind.decode()} chunk follows the image data")
+        if kind in _PNG_LENGTHS and length != _PNG_LENGTHS[kind]:
+            raise KqFormatError(f"PNG payload is corrupt: its {kind.decode()} chunk has {length} bytes")
+        seen.add(kind)
         pos = end
         if kind == b"IEND":
             break

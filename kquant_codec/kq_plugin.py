@@ -113,6 +113,8 @@ class KqDecoder(ImageFile.PyDecoder):
             raise KqFormatError(f"image file is truncated ({len(payload)} of {header.payload_length} payload bytes)")
         kq = decode_file(header, payload)
         img = kq.to_image()  # a new image of the header's mode and size, which _open gave this image
+        if (img.mode, img.size) != (owner.mode, owner.size):  # (paste used to refuse this; the swap would not)
+            raise KqFormatError(f"decoded {img.mode} {img.size}, the header says {owner.mode} {owner.size}")
         owner._kq_decoded(kq, img)  # its pixel memory becomes the file image's in load_end: no copy
         return -1, 0
 

@@ -1,5 +1,6 @@
 """A second implementation of the .kq format, written from spec/kq-format.md alone (clean room: its author did
-not read kquant_codec's source). Pure Python and numpy (Pillow only to inflate PNG payloads), slow: for tests.
+not read kquant_codec's source). Pure Python and numpy, slow: for tests. The inside of a PNG payload (its
+pixels, palette, bit depths) is Pillow's to decode, so there only the container rules of spec 9 are its own.
 
     decode(data) -> (array, mode, extra)       raises KqError for anything the spec rejects
         array: what np.asarray(PIL image) gives for that mode ('1': bool (H, W); 'L', 'P': uint8 (H, W);
@@ -1028,6 +1029,11 @@ def decode_png(b, h):
     kinds = [c[0] for c in chunks]
     if any(kinds.count(once) > 1 for once in (b"IHDR", b"PLTE", b"tRNS")):
         fail("png: a repeated IHDR, PLTE or tRNS chunk")
+    first_idat = kinds.index(b"IDAT") if b"IDAT" in kinds else len(kinds)
+    if any(kind in (b"PLTE", b"tRNS") for kind in kinds[first_idat:]):
+        fail("png: PLTE or tRNS after the image data")
+    if chunks[-1][1]:
+        fail("png: IEND with data")
     plte = [c[1] for c in chunks if c[0] == b"PLTE"]
     trns = [c[1] for c in chunks if c[0] == b"tRNS"]
     ok = False

@@ -520,3 +520,22 @@ def test_png_candidate_stops_when_cancelled(flower):
     assert _png_candidate(img, None, quick=quick, cancel=cancel) is None
     assert quick.result()[0] > 0 and quick.result()[1] == 6  # the quick PNG's size and level are still handed over
     assert _png_candidate(img, None, quick=Future(), cancel=threading.Event()) is not None
+
+
+def test_png_payload_colour_key_is_dropped_on_every_path():
+    """Spec 9: a PNG payload's alpha is in its pixels or nowhere. A truecolour PNG's colour-key tRNS must not make
+    pixels transparent through read_kq(...).to_image() when Image.open ignores it (the two paths agree)."""
+    import struct
+    import zlib
+
+    from fuzz.hostile import png_chunk, png_payload, png_stream
+
+    rows = b"".join(b"\x00" + bytes([10, 20, 30]) * 3 for _ in range(2))  # 3x2, every pixel (10, 20, 30)
+    key = png_chunk(b"tRNS", struct.pack(">HHH", 10, 20, 30))
+    data = png_payload("RGB", 3, 2, png_stream(3, 2, zlib.compress(rows), colour_type=2, extra=key))
+    opened = Image.open(io.BytesIO(data))
+    opened.load()
+    via_read = kq.read_kq(data).to_image()
+    for img in (opened, via_read):
+        assert img.mode == "RGB" and "transparency" not in img.info
+        assert np.asarray(img.convert("RGBA"))[..., 3].min() == 255

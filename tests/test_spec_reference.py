@@ -57,7 +57,22 @@ def assert_same(data: bytes, name: str) -> bool:
     if a[1] == "P":
         entries = b[2]["palette"]
         assert np.array_equal(np.asarray(a[2].getpalette(), np.uint8).reshape(-1, 3)[: len(entries)], entries)
+        assert np.array_equal(np.asarray(a[2].convert("RGBA")), _reference_rgba(b[0], b[2])), f"{name}: P alpha"
     return True
+
+
+def _reference_rgba(indices: np.ndarray, extra: dict) -> np.ndarray:
+    """A P image's RGBA pixels from the reference's palette and alpha (native: per-entry alpha; PNG payload: the
+    tRNS bytes, or one transparent index)."""
+    palette = extra["palette"]
+    alpha = np.full(len(palette), 255, np.uint8)
+    if extra.get("palette_alpha") is not None:
+        alpha = np.asarray(extra["palette_alpha"], np.uint8)
+    elif isinstance(extra.get("transparency"), bytes):
+        alpha[: len(extra["transparency"])] = np.frombuffer(extra["transparency"], np.uint8)
+    elif isinstance(extra.get("transparency"), int):
+        alpha[extra["transparency"]] = 0
+    return np.concatenate([palette[indices], alpha[indices][..., None]], -1)
 
 
 def test_every_corpus_and_regression_file_gets_the_same_verdict():
@@ -96,6 +111,10 @@ def _cases():
     yield "l-global", photo.convert("L"), {"k": 5, "mode": "global"}
     yield "p", photo.quantize(40), {}
     yield "p-transparent", rgba.quantize(12), {}
+    p_alpha = photo.quantize(6)
+    p_alpha.info["transparency"] = bytes([0, 90, 255, 255, 30, 255])
+    yield "p-alpha-native", p_alpha, {"fallback": False}
+    yield "p-alpha", p_alpha, {}
     yield "1", photo.convert("1"), {}
     yield "cmyk", photo.convert("CMYK"), {"k": 6, "mode": "channel"}
     yield "i16", Image.fromarray((np.arange(28 * 36, dtype=np.uint16) * 61).reshape(28, 36)), {}
