@@ -29,7 +29,8 @@ Every figure is measured in the same run, on the same machine, so ratios are sid
   the whole ``.kq`` encode.
 - A k-means reference for the quality table (what the k-means objective itself reaches, at any cost):
   scikit-learn ``KMeans(k, n_init=4, random_state=0)`` on the photo's distinct colours weighted by their
-  counts, centres rounded to integers, every pixel mapped to its nearest centre ("sk MSE").
+  counts, centres rounded to integers, every pixel mapped to its nearest centre ("sk MSE"); run after all
+  the timings of the quality table (``--no-reference`` skips it).
 
 MSE is per sample (mean over H x W x 3), PSNR = 10 log10(255^2 / MSE). Ratios are kquant / other (time
 ratios from the whole encode; below 1 means kquant is faster or better). Uses only kquant_codec's public
@@ -430,19 +431,20 @@ def scale_table(name: str, png: Path, arr: np.ndarray, k: int, args, have_pq: bo
 SMALL_RUNS = 3  # timings per photo and k in the small-image table (kquant and pngquant --speed 4 alike)
 
 
-def quality_table(photos: dict[str, np.ndarray], ks, have_pq: bool, work: Path) -> dict:
+def quality_table(photos: dict[str, np.ndarray], ks, have_pq: bool, work: Path, reference: bool = True) -> dict:
     """Sample photos at their own size: MSE against pngquant --speed 1 at every k; encode time against
     pngquant --speed 4. kquant runs warm in one process here (a fresh one per image would mostly time
-    the interpreter starting). Both times are the best of SMALL_RUNS runs."""
+    the interpreter starting). Both times are the best of SMALL_RUNS runs. ``reference``: then the k-means
+    reference for every photo and k (seconds each; needs pngquant for its ratios)."""
     import kquant_codec as kq
 
     print("\n== Sample photos at their own size (about 0.27 MP): quality and speed at every k, rgb ==")
     print(
         f"  {'photo':22} {'k':>4} {'kq s':>6} {'quant s':>7} {'kq MSE':>9} {'pq4 s':>6} {'pq1 s':>6} {'pq1 MSE':>9}"
-        f" {'median MSE':>10} {'octree MSE':>10} {'sk MSE':>9} {'kq/pq4 time':>11} {'kq/pq1 MSE':>10}"
-        f" {'sk/pq1 MSE':>10}"
+        f" {'median MSE':>10} {'octree MSE':>10} {'kq/pq4 time':>11} {'kq/pq1 MSE':>10}"
     )
-    summary: dict[int, list[tuple[str, float, float]]] = {}
+    # per k: (photo, MSE / pngquant, time / pngquant, reference MSE / pngquant or None, kquant MSE, pngquant MSE)
+    summary: dict[int, list[tuple[str, float, float, float | None, float, float]]] = {}
     img0 = Image.fromarray(next(iter(photos.values())))
     img0.save(io.BytesIO(), format="KQ", k=8)  # warm-up: imports, first calls
     for k in ks:
@@ -466,20 +468,29 @@ def quality_table(photos: dict[str, np.ndarray], ks, have_pq: bool, work: Path) 
             )
             m_med = squared_error(arr, med) / (3 * pixels)
             m_oct = squared_error(arr, octr) / (3 * pixels)
-            m_sk = kmeans_reference_mse(arr, k)
             line = f"  {name:22} {k:4d} {t_kq:6.2f} {t_quant:7.2f} {m_kq:9.3f}"
             if have_pq:
                 p4 = min((run_pngquant(png, k, 4, work, arr) for _ in range(SMALL_RUNS)), key=lambda r: r["encode"])
                 p1 = run_pngquant(png, k, 1, work, arr)
                 m_p1 = p1["sse"] / (3 * pixels)
-                summary.setdefault(k, []).append((name, m_kq / m_p1, t_kq / p4["encode"], m_sk / m_p1))
+                summary.setdefault(k, []).append((name, m_kq / m_p1, t_kq / p4["encode"], None, m_kq, m_p1))
                 line += f" {p4['encode']:6.2f} {p1['encode']:6.2f} {m_p1:9.3f}"
             else:
                 line += f" {'-':>6} {'-':>6} {'-':>9}"
-            line += f" {m_med:10.3f} {m_oct:10.3f} {m_sk:9.3f}"
+            line += f" {m_med:10.3f} {m_oct:10.3f}"
             if have_pq:
-                line += f" {t_kq / p4['encode']:11.2f} {m_kq / m_p1:10.3f} {m_sk / m_p1:10.3f}"
+                line += f" {t_kq / p4['encode']:11.2f} {m_kq / m_p1:10.3f}"
             print(line, flush=True)
+    if summary and reference:
+        # After every timing: scikit-learn's OpenMP threads must not run next to a timed encode.
+        print("\n  k-means reference: scikit-learn KMeans (4 starts) on the weighted distinct colours")
+        print(f"  {'photo':22} {'k':>4} {'sk MSE':>9} {'kq MSE':>9} {'sk/pq1 MSE':>10} {'kq/sk MSE':>9}")
+        for k, rows in summary.items():
+            for i, (name, r_mse, r_time, _, m_kq, m_p1) in enumerate(rows):
+                m_sk = kmeans_reference_mse(photos[name], k)
+                rows[i] = (name, r_mse, r_time, m_sk / m_p1, m_kq, m_p1)
+                print(f"  {name:22} {k:4d} {m_sk:9.3f} {m_kq:9.3f} {m_sk / m_p1:10.3f} {m_kq / m_sk:9.3f}", flush=True)
+        time.sleep(1.0)  # (OpenMP's idle threads spin for a while before they sleep)
     if summary:
         print("\n  per k over the photos: kquant MSE / pngquant --speed 1 MSE (target: median <= 0.92, max <= 1.0),")
         print("  kquant .kq encode time / pngquant --speed 4 time (target: <= 2 on small images),")
@@ -491,8 +502,11 @@ def quality_table(photos: dict[str, np.ndarray], ks, have_pq: bool, work: Path) 
             print(
                 f"  k={k:3d}  MSE ratio median {statistics.median(ratios):.3f}  max {worst[1]:.3f} ({worst[0]})"
                 f"  time ratio median {statistics.median(times):.2f}  max {max(times):.2f}"
-                f"  reference median {statistics.median(r[3] for r in rows):.3f}"
-                f"  min {min(r[3] for r in rows):.3f}"
+                + (
+                    f"  reference median {statistics.median(r[3] for r in rows):.3f}  min {min(r[3] for r in rows):.3f}"
+                    if rows[0][3] is not None
+                    else ""
+                )
             )
     return summary
 
@@ -530,11 +544,12 @@ def print_targets(quality: dict, scale: dict, planar: list, import_s: tuple, num
             + ", ".join(f"k={k}: {m:.3f}" for k, m in medians.items())
             + f"; worst single {worst[0]:.3f} ({worst[2]}, k={worst[1]})"
         )
-        reference = {k: statistics.median(r[3] for r in rows) for k, rows in quality.items()}
-        print(
-            "  k-means reference (scikit-learn KMeans, 4 starts) MSE / pngquant --speed 1, medians: "
-            + ", ".join(f"k={k}: {m:.3f}" for k, m in reference.items())
-        )
+        reference = {k: statistics.median(r[3] for r in rows) for k, rows in quality.items() if rows[0][3] is not None}
+        if reference:
+            print(
+                "  k-means reference (scikit-learn KMeans, 4 starts) MSE / pngquant --speed 1, medians: "
+                + ", ".join(f"k={k}: {m:.3f}" for k, m in reference.items())
+            )
         small = [r[2] for rows in quality.values() for r in rows]
         print(
             f"  small images (0.27 MP), .kq encode / pngquant --speed 4 (<= 2): median {statistics.median(small):.2f},"
@@ -594,6 +609,9 @@ def main() -> None:
         metavar="K",
         help="only the 0.27 MP photo table (quality and time against pngquant), at these k",
     )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the k-means reference (scikit-learn) of the quality table"
+    )
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -622,9 +640,11 @@ def main() -> None:
     try:
         photos = sample_photos(args.quick)
         if args.small_only:
-            quality_table(photos, tuple(args.small_only), have_pq, work)
+            quality_table(photos, tuple(args.small_only), have_pq, work, not args.no_reference)
             return
-        quality = quality_table(photos, (2, 16, 256) if args.quick else KS_QUALITY, have_pq, work)
+        quality = quality_table(
+            photos, (2, 16, 256) if args.quick else KS_QUALITY, have_pq, work, not args.no_reference
+        )
 
         plan = {1: (16, 256), 12: (256,)} if args.quick else {1: (16, 256), 12: (16, 256), 24: (256,)}
         names = ("china",) if args.quick else ("china", "flower")
