@@ -41,6 +41,8 @@ NCTX1 = 64 * 8 * 16 * 4
 NHASH = 1 << 14
 NECTX1 = 45
 W_INIT = 2048
+_CNT = NS + 1  # columns of the S1 models' rows: adaptation count, mixing weight (S1-A)
+_WT = NS + 2
 MAX_STRIPE_ROWS = 1 << 16
 DEFAULT_STRIPE_PIXELS = 1 << 21
 # Symbol rows of at least _MAPPED_MIN entries (stripes of about 0.5 MP and up) get at least _MAPPED_ROW:
@@ -73,6 +75,25 @@ def _adapt(q, cnt, ctx, n, s):
         r = 6
     if c < 255:
         cnt[ctx] = c + 1
+    t = TOT - n
+    for i in range(1, n):
+        v = np.int32(q[ctx, i])
+        if i > s:
+            v = v + ((t - v) >> r)
+        else:
+            v = v - (v >> r)
+        q[ctx, i] = v
+
+
+@njit(cache=True, inline="always")
+def _adapt_row(q, ctx, n, s):
+    """``_adapt`` for models whose count is column _CNT of the context's own row."""
+    c = np.int32(q[ctx, _CNT])
+    r = 2 + (c >> 4)
+    if r > 6:
+        r = 6
+    if c < 255:
+        q[ctx, _CNT] = c + 1
     t = TOT - n
     for i in range(1, n):
         v = np.int32(q[ctx, i])
@@ -166,17 +187,18 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
     P = np.zeros((3, W + 4), np.int32)
     t5 = TOT - NS
     # models
-    q1 = np.empty((NCTX1, NS + 1), np.int16)
-    q2 = np.empty((NHASH, NS + 1), np.int16)
+    # A context's whole state in one 16-byte row (one cache line, not three): columns 0..NS the reduced CDF,
+    # column _CNT its adaptation count, and in q1 column _WT the mixing weight.
+    q1 = np.zeros((NCTX1, 8), np.int16)
+    q2 = np.zeros((NHASH, 8), np.int16)
     for i in range(NS + 1):
         v = (t5 * i) // NS
         for c in range(NCTX1):
             q1[c, i] = v
         for c in range(NHASH):
             q2[c, i] = v
-    c1 = np.zeros(NCTX1, np.uint8)
-    c2 = np.zeros(NHASH, np.uint8)
-    wt1 = np.full(NCTX1, W_INIT, np.int32)
+    for c in range(NCTX1):
+        q1[c, _WT] = W_INIT
     tb_ = TOT - NB
     qb1 = np.empty((NECTX1, NB + 1), np.int16)
     qb2 = np.empty((m, NB + 1), np.int16)
@@ -207,7 +229,6 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
         qd[0, i] = (trb * i) // NRB
     cd = np.zeros(1, np.uint8)
     cand = np.zeros(4, np.int32)
-    qm = np.zeros(NS + 1, np.int64)
     qbm = np.zeros(NB + 1, np.int64)
 
     # coder state
@@ -387,15 +408,18 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
             if TL != L and TL != T and TL != TR:
                 cand[nd] = TL
                 nd += 1
-            w = np.int64(wt1[ctx])
-            for i in range(NS + 1):
-                qm[i] = ((4096 - w) * np.int64(q1[ctx, i]) + w * np.int64(q2[h2, i])) >> 12
+            # the mixed CDF mix(i) = ((4096 - w) q1[i] + w q2[i]) >> 12, only as far as the symbol needs
+            # (mix(0) = 0; the starts mix(i) + i increase strictly)
+            w = np.int64(q1[ctx, _WT])
             if dec:
                 slot = x & (TOT - 1)
                 s = 0
-                for i in range(1, NS):
-                    if qm[i] + i <= slot:
-                        s = i
+                lo = np.int64(0)
+                hi = ((4096 - w) * np.int64(q1[ctx, 1]) + w * np.int64(q2[h2, 1])) >> 12
+                while s < NS - 1 and hi + s + 1 <= slot:
+                    s += 1
+                    lo = hi
+                    hi = ((4096 - w) * np.int64(q1[ctx, s + 1]) + w * np.int64(q2[h2, s + 1])) >> 12
             else:
                 X = np.int32(lab[y, xc])
                 s = NS - 1
@@ -403,8 +427,10 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                     if cand[j] == X:
                         s = j
                         break
-            start = qm[s] + s
-            fm = qm[s + 1] - qm[s] + 1
+                lo = ((4096 - w) * np.int64(q1[ctx, s]) + w * np.int64(q2[h2, s])) >> 12
+                hi = ((4096 - w) * np.int64(q1[ctx, s + 1]) + w * np.int64(q2[h2, s + 1])) >> 12
+            start = lo + s
+            fm = hi - lo + 1
             if dec:
                 x = fm * (x >> PREC) + (x & (TOT - 1)) - start
                 if x < RANS_L:
@@ -422,9 +448,9 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                 w = 64
             elif w > 4032:
                 w = 4032
-            wt1[ctx] = w
-            _adapt(q1, c1, ctx, NS, s)
-            _adapt(q2, c2, h2, NS, s)
+            q1[ctx, _WT] = w
+            _adapt_row(q1, ctx, NS, s)
+            _adapt_row(q2, h2, NS, s)
             if s < NS - 1:
                 if s >= nd:
                     return _ERR_SYM, st, fr, 0
