@@ -229,7 +229,6 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
         qd[0, i] = (trb * i) // NRB
     cd = np.zeros(1, np.uint8)
     cand = np.zeros(4, np.int32)
-    qbm = np.zeros(NB + 1, np.int64)
 
     # coder state
     # (start, frequency) of every symbol, one row each; every frequency is < 2^15. A large stripe's rows are
@@ -478,15 +477,16 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                 ectx = a * 5 + nd
                 e2 = B
                 wv = np.int64(wb[ectx])
-                for i in range(NB + 1):
-                    qbm[i] = ((4096 - wv) * np.int64(qb1[ectx, i]) + wv * np.int64(qb2[e2, i])) >> 12
                 rk = 0
-                if dec:
+                if dec:  # the mixed CDF as far as the bucket needs, as for S1
                     slot = x & (TOT - 1)
                     b = 0
-                    for i in range(1, NB):
-                        if qbm[i] + i <= slot:
-                            b = i
+                    lo = np.int64(0)
+                    hi = ((4096 - wv) * np.int64(qb1[ectx, 1]) + wv * np.int64(qb2[e2, 1])) >> 12
+                    while b < NB - 1 and hi + b + 1 <= slot:
+                        b += 1
+                        lo = hi
+                        hi = ((4096 - wv) * np.int64(qb1[ectx, b + 1]) + wv * np.int64(qb2[e2, b + 1])) >> 12
                 else:
                     rx = np.int32(R[B, X])
                     rk = rx
@@ -494,8 +494,10 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                         if np.int32(R[B, cand[j]]) < rx:
                             rk -= 1
                     b = _bitlen(rk)
-                start = qbm[b] + b
-                fm = qbm[b + 1] - qbm[b] + 1
+                    lo = ((4096 - wv) * np.int64(qb1[ectx, b]) + wv * np.int64(qb2[e2, b])) >> 12
+                    hi = ((4096 - wv) * np.int64(qb1[ectx, b + 1]) + wv * np.int64(qb2[e2, b + 1])) >> 12
+                start = lo + b
+                fm = hi - lo + 1
                 if dec:
                     x = fm * (x >> PREC) + (x & (TOT - 1)) - start
                     if x < RANS_L:
