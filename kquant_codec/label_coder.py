@@ -41,8 +41,8 @@ NCTX1 = 64 * 8 * 16 * 4
 NHASH = 1 << 14
 NECTX1 = 45
 W_INIT = 2048
-_CNT = NS + 1  # columns of the S1 models' rows: adaptation count, mixing weight (S1-A)
-_WT = NS + 2
+_WT = NS + 2  # the column of S1-A's rows that holds the context's mixing weight (after the CDF and the count)
+_BWT = NB + 2  # the same in bucket-A's rows
 MAX_STRIPE_ROWS = 1 << 16
 DEFAULT_STRIPE_PIXELS = 1 << 21
 # Symbol rows of at least _MAPPED_MIN entries (stripes of about 0.5 MP and up) get at least _MAPPED_ROW:
@@ -68,32 +68,15 @@ _ERR_FINAL = 3
 
 
 @njit(cache=True, inline="always")
-def _adapt(q, cnt, ctx, n, s):
-    c = cnt[ctx]
+def _adapt(q, ctx, n, s):
+    """Adapt model q (n symbols) at context ctx towards symbol s. A model's row holds its reduced CDF in columns
+    0..n and its adaptation count in column n + 1 (one cache line per context, not one per array)."""
+    c = np.int32(q[ctx, n + 1])
     r = 2 + (c >> 4)
     if r > 6:
         r = 6
     if c < 255:
-        cnt[ctx] = c + 1
-    t = TOT - n
-    for i in range(1, n):
-        v = np.int32(q[ctx, i])
-        if i > s:
-            v = v + ((t - v) >> r)
-        else:
-            v = v - (v >> r)
-        q[ctx, i] = v
-
-
-@njit(cache=True, inline="always")
-def _adapt_row(q, ctx, n, s):
-    """``_adapt`` for models whose count is column _CNT of the context's own row."""
-    c = np.int32(q[ctx, _CNT])
-    r = 2 + (c >> 4)
-    if r > 6:
-        r = 6
-    if c < 255:
-        q[ctx, _CNT] = c + 1
+        q[ctx, n + 1] = c + 1
     t = TOT - n
     for i in range(1, n):
         v = np.int32(q[ctx, i])
@@ -186,9 +169,8 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
     # so a 2-megapixel stripe holds 72 KB here instead of 8 MB. Rows before the first are zeros.
     P = np.zeros((3, W + 4), np.int32)
     t5 = TOT - NS
-    # models
-    # A context's whole state in one 16-byte row (one cache line, not three): columns 0..NS the reduced CDF,
-    # column _CNT its adaptation count, and in q1 column _WT the mixing weight.
+    # models: a context's whole state in one row (columns 0..n the reduced CDF, n + 1 the adaptation count, then
+    # the mixing weight of S1-A and bucket-A): S1-A's 16-byte rows take one cache line, not three
     q1 = np.zeros((NCTX1, 8), np.int16)
     q2 = np.zeros((NHASH, 8), np.int16)
     for i in range(NS + 1):
@@ -200,34 +182,28 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
     for c in range(NCTX1):
         q1[c, _WT] = W_INIT
     tb_ = TOT - NB
-    qb1 = np.empty((NECTX1, NB + 1), np.int16)
-    qb2 = np.empty((m, NB + 1), np.int16)
+    qb1 = np.zeros((NECTX1, NB + 3), np.int16)
+    qb2 = np.zeros((m, NB + 2), np.int16)
     for i in range(NB + 1):
         v = (tb_ * i) // NB
         for c in range(NECTX1):
             qb1[c, i] = v
         for c in range(m):
             qb2[c, i] = v
-    cb1 = np.zeros(NECTX1, np.uint8)
-    cb2 = np.zeros(m, np.uint8)
-    wb = np.full(NECTX1, W_INIT, np.int32)
-    qt = np.empty((NB, 3), np.int32)  # top mantissa bit, ctx = bucket
-    qr = np.empty((2, 3), np.int32)  # row-copy flag, ctx = previous row's flag
+    for c in range(NECTX1):
+        qb1[c, _BWT] = W_INIT
+    qt = np.zeros((NB, 4), np.int32)  # top mantissa bit, ctx = bucket
+    qr = np.zeros((2, 4), np.int32)  # row-copy flag, ctx = previous row's flag
     for c in range(NB):
-        qt[c, 0] = 0
         qt[c, 1] = (TOT - 2) // 2
         qt[c, 2] = TOT - 2
     for c in range(2):
-        qr[c, 0] = 0
         qr[c, 1] = (TOT - 2) // 2
         qr[c, 2] = TOT - 2
-    ct = np.zeros(NB, np.uint8)
-    cr = np.zeros(2, np.uint8)
     trb = TOT - NRB
-    qd = np.empty((1, NRB + 1), np.int32)
+    qd = np.zeros((1, NRB + 2), np.int32)
     for i in range(NRB + 1):
         qd[0, i] = (trb * i) // NRB
-    cd = np.zeros(1, np.uint8)
     cand = np.zeros(4, np.int32)
 
     # coder state
@@ -291,7 +267,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
             else:
                 _put(st, fr, k, start, freq)
                 k += 1
-            _adapt(qr, cr, prevflag, 2, s)
+            _adapt(qr, prevflag, 2, s)
             prevflag = flag
             if flag:
                 # distance d in 1..y: bucket b = bitlen(d-1) then b-1 raw bits
@@ -315,7 +291,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                 else:
                     _put(st, fr, k, start, freq)
                     k += 1
-                _adapt(qd, cd, 0, NRB, b)
+                _adapt(qd, 0, NRB, b)
                 if b <= 1:
                     dm1 = b
                 else:
@@ -448,8 +424,8 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
             elif w > 4032:
                 w = 4032
             q1[ctx, _WT] = w
-            _adapt_row(q1, ctx, NS, s)
-            _adapt_row(q2, h2, NS, s)
+            _adapt(q1, ctx, NS, s)
+            _adapt(q2, h2, NS, s)
             if s < NS - 1:
                 if s >= nd:
                     return _ERR_SYM, st, fr, 0
@@ -476,7 +452,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                     a = 8
                 ectx = a * 5 + nd
                 e2 = B
-                wv = np.int64(wb[ectx])
+                wv = np.int64(qb1[ectx, _BWT])
                 rk = 0
                 if dec:  # the mixed CDF as far as the bucket needs, as for S1
                     slot = x & (TOT - 1)
@@ -515,9 +491,9 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                     wv = 64
                 elif wv > 4032:
                     wv = 4032
-                wb[ectx] = wv
-                _adapt(qb1, cb1, ectx, NB, b)
-                _adapt(qb2, cb2, e2, NB, b)
+                qb1[ectx, _BWT] = wv
+                _adapt(qb1, ectx, NB, b)
+                _adapt(qb2, e2, NB, b)
                 if b >= 2:
                     # top mantissa bit (adaptive, ctx b), then b-2 raw bits
                     if dec:
@@ -537,7 +513,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                     else:
                         _put(st, fr, k, start, freq)
                         k += 1
-                    _adapt(qt, ct, b, 2, tbit)
+                    _adapt(qt, b, 2, tbit)
                     nbits = b - 2
                     raw = 0
                     if nbits > 0:
