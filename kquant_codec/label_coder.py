@@ -88,6 +88,27 @@ def _adapt(q, ctx, n, s):
 
 
 @njit(cache=True, inline="always")
+def _mix(qa, ca, qb, cb, w, i):
+    """Entry i of the mix of two models' reduced CDFs (rows ca of qa, cb of qb) with weight w / 4096 on qb."""
+    return ((4096 - w) * np.int64(qa[ca, i]) + w * np.int64(qb[cb, i])) >> 12
+
+
+@njit(cache=True, inline="always")
+def _mixed_find(qa, ca, qb, cb, w, n, slot):
+    """The decoder's symbol s (of n) whose mixed start mix(s) + s is the last at or below slot, with mix(s) and
+    mix(s + 1): the mix is computed only as far as the symbol (mix(0) = 0, mix(n) = TOT - n, the starts
+    increase strictly). Returns (s, mix(s), mix(s + 1))."""
+    s = 0
+    lo = np.int64(0)
+    hi = _mix(qa, ca, qb, cb, w, 1)
+    while s < n - 1 and hi + s + 1 <= slot:
+        s += 1
+        lo = hi
+        hi = _mix(qa, ca, qb, cb, w, s + 1)
+    return s, lo, hi
+
+
+@njit(cache=True, inline="always")
 def _med(a, b, c):
     mn = a if a < b else b
     mx = a if a > b else b
@@ -383,18 +404,9 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
             if TL != L and TL != T and TL != TR:
                 cand[nd] = TL
                 nd += 1
-            # the mixed CDF mix(i) = ((4096 - w) q1[i] + w q2[i]) >> 12, only as far as the symbol needs
-            # (mix(0) = 0; the starts mix(i) + i increase strictly)
             w = np.int64(q1[ctx, _WT])
             if dec:
-                slot = x & (TOT - 1)
-                s = 0
-                lo = np.int64(0)
-                hi = ((4096 - w) * np.int64(q1[ctx, 1]) + w * np.int64(q2[h2, 1])) >> 12
-                while s < NS - 1 and hi + s + 1 <= slot:
-                    s += 1
-                    lo = hi
-                    hi = ((4096 - w) * np.int64(q1[ctx, s + 1]) + w * np.int64(q2[h2, s + 1])) >> 12
+                s, lo, hi = _mixed_find(q1, ctx, q2, h2, w, NS, x & (TOT - 1))
             else:
                 X = np.int32(lab[y, xc])
                 s = NS - 1
@@ -402,8 +414,8 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                     if cand[j] == X:
                         s = j
                         break
-                lo = ((4096 - w) * np.int64(q1[ctx, s]) + w * np.int64(q2[h2, s])) >> 12
-                hi = ((4096 - w) * np.int64(q1[ctx, s + 1]) + w * np.int64(q2[h2, s + 1])) >> 12
+                lo = _mix(q1, ctx, q2, h2, w, s)
+                hi = _mix(q1, ctx, q2, h2, w, s + 1)
             start = lo + s
             fm = hi - lo + 1
             if dec:
@@ -454,15 +466,8 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                 e2 = B
                 wv = np.int64(qb1[ectx, _BWT])
                 rk = 0
-                if dec:  # the mixed CDF as far as the bucket needs, as for S1
-                    slot = x & (TOT - 1)
-                    b = 0
-                    lo = np.int64(0)
-                    hi = ((4096 - wv) * np.int64(qb1[ectx, 1]) + wv * np.int64(qb2[e2, 1])) >> 12
-                    while b < NB - 1 and hi + b + 1 <= slot:
-                        b += 1
-                        lo = hi
-                        hi = ((4096 - wv) * np.int64(qb1[ectx, b + 1]) + wv * np.int64(qb2[e2, b + 1])) >> 12
+                if dec:
+                    b, lo, hi = _mixed_find(qb1, ectx, qb2, e2, wv, NB, x & (TOT - 1))
                 else:
                     rx = np.int32(R[B, X])
                     rk = rx
@@ -470,8 +475,8 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
                         if np.int32(R[B, cand[j]]) < rx:
                             rk -= 1
                     b = _bitlen(rk)
-                    lo = ((4096 - wv) * np.int64(qb1[ectx, b]) + wv * np.int64(qb2[e2, b])) >> 12
-                    hi = ((4096 - wv) * np.int64(qb1[ectx, b + 1]) + wv * np.int64(qb2[e2, b + 1])) >> 12
+                    lo = _mix(qb1, ectx, qb2, e2, wv, b)
+                    hi = _mix(qb1, ectx, qb2, e2, wv, b + 1)
                 start = lo + b
                 fm = hi - lo + 1
                 if dec:
