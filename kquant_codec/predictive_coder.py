@@ -50,6 +50,7 @@ NBASE = 6
 NPRED = 12  # sub-predictors (NBASE without a reference plane)
 EMAX = 1023  # error sums are clamped to this before the weight lookup
 NB = 9  # magnitude bucket alphabet: bitlen(|r|), 0..8
+_BWT = NB + 2  # the column of the bucket model's rows (qb) that holds the mixing weight, after the CDF and the count
 ACT_T = (1, 2, 3, 4, 6, 8, 11, 15, 20, 27, 36, 48, 64, 90, 128)
 NACT = len(ACT_T) + 1  # activity classes
 ACT_Q = np.array([sum(e >= t for t in ACT_T) for e in range(1024)], dtype=np.int32)
@@ -106,14 +107,15 @@ def _sgn3(v):
 
 
 @njit(cache=True, inline="always")
-def _adapt(q, cnt, ctx, n, s):
-    """The model update of spec 16.4 (the same arithmetic as codec 3's), in two branch-free loops."""
-    c = cnt[ctx]
+def _adapt(q, ctx, n, s):
+    """The model update of spec 16.4 (the same arithmetic as codec 3's), in two branch-free loops. A model's row
+    holds its reduced CDF in columns 0..n and its adaptation count in column n + 1 (one cache line, not two)."""
+    c = q[ctx, n + 1]
     r = 2 + (c >> 4)
     if r > 6:
         r = 6
     if c < 255:
-        cnt[ctx] = c + 1
+        q[ctx, n + 1] = c + 1
     t = TOT - n
     for i in range(1, s + 1):
         q[ctx, i] -= q[ctx, i] >> r
@@ -175,12 +177,12 @@ def _code_raw(dec, v, nb, x, pos, words, w1, st, fr, k):
 
 
 @njit(cache=True, inline="always")
-def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct, qs, cs, x, pos, words, w1, st, fr, k):
+def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, qb2, qt, qs, x, pos, words, w1, st, fr, k):
     """The residual r = label - p (p in 0..mx): magnitude bucket (two models mixed), top mantissa bit, raw low
     bits, then the sign when both signs are possible. Returns (r, x, pos, k, status)."""
     a = r if r >= 0 else -r
     b = _bitlen(a)
-    wv = np.int64(wb[actx])
+    wv = np.int64(qb[actx, _BWT])
     # the mixed CDF, computed only as far as the symbol needs: mix(i) = ((4096 - w) qA[i] + w qB[i]) >> 12
     if dec:
         slot = x & (TOT - 1)
@@ -208,9 +210,9 @@ def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct
     f1 = np.int64(qb[actx, b + 1] - qb[actx, b] + 1)
     f2 = np.int64(qb2[bctx, b + 1] - qb2[bctx, b] + 1)
     wv += ((f2 - f1) * RCP[fm >> 5]) >> 16
-    wb[actx] = _clamp(wv, 64, 4032)
-    _adapt(qb, cb, actx, NB, b)
-    _adapt(qb2, cb2, bctx, NB, b)
+    qb[actx, _BWT] = _clamp(wv, 64, 4032)
+    _adapt(qb, actx, NB, b)
+    _adapt(qb2, bctx, NB, b)
     if b >= 2:
         nb = b - 2
         t = (a >> nb) & 1
@@ -219,7 +221,7 @@ def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct
         t, x, pos, k, ok = _code_sym(dec, qt, tctx, 2, t, x, pos, words, w1, st, fr, k)
         if not ok:
             return 0, x, pos, k, _ERR_EOF
-        _adapt(qt, ct, tctx, 2, t)
+        _adapt(qt, tctx, 2, t)
         raw = 0
         if nb > 0:
             raw, x, pos, k, ok = _code_raw(dec, a & ((1 << nb) - 1), nb, x, pos, words, w1, st, fr, k)
@@ -237,7 +239,7 @@ def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct
         sg, x, pos, k, ok = _code_sym(dec, qs, sctx, 2, sg, x, pos, words, w1, st, fr, k)
         if not ok:
             return 0, x, pos, k, _ERR_EOF
-        _adapt(qs, cs, sctx, 2, sg)
+        _adapt(qs, sctx, 2, sg)
         return (-a if sg else a), x, pos, k, _OK
     if up:
         return a, x, pos, k, _OK
@@ -249,7 +251,7 @@ def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, cb, qb2, cb2, wb, qt, ct
 # Not inlined (unlike the helpers above): it runs once per run, not per pixel, and inlining both of its call sites
 # cost about 3.5 s of a cold compile. Both sites pass the same argument types, so it compiles once.
 @njit(cache=True, nogil=True)
-def _code_run(dec, L, left, rctx, nrun, qr, cr, x, pos, words, w1, st, fr, k):
+def _code_run(dec, L, left, rctx, nrun, qr, x, pos, words, w1, st, fr, k):
     """A run of L zero residuals starting here, 0 <= L <= left (pixels left in the row, this one included):
     token 0 = to the end of the row, else bitlen(L) + 1, then the low bitlen(L) - 1 bits of L raw (more than 15
     in two parts, the high part first). With nrun = NRUN + 1 (exact rules), token RUN_TO_LAST = L = left - 1
@@ -263,7 +265,7 @@ def _code_run(dec, L, left, rctx, nrun, qr, cr, x, pos, words, w1, st, fr, k):
     t, x, pos, k, ok = _code_sym(dec, qr, rctx, nrun, t, x, pos, words, w1, st, fr, k)
     if not ok:
         return 0, x, pos, k, _ERR_EOF
-    _adapt(qr, cr, rctx, nrun, t)
+    _adapt(qr, rctx, nrun, t)
     if t == 0:
         return left, x, pos, k, _OK
     if t == RUN_TO_LAST:
@@ -308,25 +310,20 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     ws = np.zeros(NPRED, np.int32)  # per sub-predictor: its errors in the row above, columns x-2 .. x+2
     pr = np.zeros(NPRED, np.int64)
     # models
-    qb = np.empty((NACTX + 1, NB + 1), np.int32)
-    cb = np.zeros(NACTX + 1, np.uint8)
+    # (each row: the reduced CDF, the adaptation count, and in qb the mixing weight)
+    qb = np.zeros((NACTX + 1, NB + 3), np.int32)
     _init_model(qb, NB)
-    qb2 = np.empty((NBCTX + 1, NB + 1), np.int32)
-    cb2 = np.zeros(NBCTX + 1, np.uint8)
+    qb[:, _BWT] = 2048
+    qb2 = np.zeros((NBCTX + 1, NB + 2), np.int32)
     _init_model(qb2, NB)
-    wb = np.full(NACTX + 1, 2048, np.int32)
-    qt = np.empty((NB * 4, 3), np.int32)
-    ct = np.zeros(NB * 4, np.uint8)
+    qt = np.zeros((NB * 4, 4), np.int32)
     _init_model(qt, 2)
-    qs = np.empty((216, 3), np.int32)
-    cs = np.zeros(216, np.uint8)
+    qs = np.zeros((216, 4), np.int32)
     _init_model(qs, 2)
-    qf = np.empty((2, 3), np.int32)
-    cf = np.zeros(2, np.uint8)
+    qf = np.zeros((2, 4), np.int32)
     _init_model(qf, 2)
     nrun = NRUN + 1 if exact else NRUN
-    qr = np.empty((2, nrun + 1), np.int32)
-    cr = np.zeros(2, np.uint8)
+    qr = np.zeros((2, nrun + 2), np.int32)
     _init_model(qr, nrun)
     bB = np.zeros(NBIAS, np.int32)
     bN = np.ones(NBIAS, np.int32)
@@ -375,7 +372,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             flag, x, pos, k, ok = _code_sym(dec, qf, prevflag, 2, 0, x, pos, words, w1, st, fr, k)
             if not ok:
                 return _ERR_EOF, st, fr, 0
-            _adapt(qf, cf, prevflag, 2, flag)
+            _adapt(qf, prevflag, 2, flag)
         allzero = True
         run_left = 0
         after = False
@@ -465,7 +462,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                     status = _OK
                     if not brk and ee == 0:
                         L, x, pos, k, status = _code_run(
-                            dec, np.int64(0), W - xc, 1 if xc == 0 else 0, nrun, qr, cr, x, pos, words, w1, st, fr, k
+                            dec, np.int64(0), W - xc, 1 if xc == 0 else 0, nrun, qr, x, pos, words, w1, st, fr, k
                         )
                         if status != _OK:
                             return status, st, fr, 0
@@ -484,14 +481,9 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                             NBCTX if brk else bctx,
                             sctx,
                             qb,
-                            cb,
                             qb2,
-                            cb2,
-                            wb,
                             qt,
-                            ct,
                             qs,
-                            cs,
                             x,
                             pos,
                             words,
@@ -548,7 +540,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
         if not dec:
             flag = 1 if allzero else 0
             flag, x, pos, k, ok = _code_sym(dec, qf, prevflag, 2, flag, x, pos, words, w1, st, fr, k)
-            _adapt(qf, cf, prevflag, 2, flag)
+            _adapt(qf, prevflag, 2, flag)
             if not flag:
                 rb_r[W] = 1  # sentinel: runs stop at the end of the row
                 xc = 0
@@ -562,7 +554,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                         if xc + L > W:
                             L = W - xc
                         L, x, pos, k, status = _code_run(
-                            dec, L, W - xc, 1 if xc == 0 else 0, nrun, qr, cr, x, pos, words, w1, st, fr, k
+                            dec, L, W - xc, 1 if xc == 0 else 0, nrun, qr, x, pos, words, w1, st, fr, k
                         )
                         if L > 0:
                             xc += L
@@ -580,14 +572,9 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                         NBCTX if ended else rb_b[xc],
                         rb_s[xc],
                         qb,
-                        cb,
                         qb2,
-                        cb2,
-                        wb,
                         qt,
-                        ct,
                         qs,
-                        cs,
                         x,
                         pos,
                         words,
