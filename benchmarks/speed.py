@@ -241,13 +241,15 @@ def child_minibatch(path: str, k: int) -> dict:
 
 
 def child_numba_cost(path: str) -> dict:
-    """Costs of the numba path in a fresh process: importing numba, then two fits of an image above the
-    numba threshold (the first one loads, or with an empty cache compiles, the kernels)."""
+    """Costs of the compiled kernels in a fresh process: loading them (the install's build, or importing numba
+    for the JIT), then two fits of an image above the numba threshold (the first one loads, or with the JIT and
+    an empty cache compiles, the kernels)."""
     base = _status("VmRSS")
     start = time.perf_counter()
-    import numba  # noqa: F401
+    from kquant_codec import kernel_backend
 
-    import_numba = time.perf_counter() - start
+    backend = kernel_backend()
+    load_kernels = time.perf_counter() - start
     after_import = _status("VmRSS")
     import kquant_codec as kq
 
@@ -260,7 +262,8 @@ def child_numba_cost(path: str) -> dict:
         return None if a is None or b is None else (a - b) / 2**20
 
     return {
-        "import_numba": import_numba,
+        "backend": backend,
+        "load_kernels": load_kernels,
         "first_fit": first,
         "second_fit": second,
         "rss_import_mb": mb(after_import, base),
@@ -584,7 +587,7 @@ def print_targets(quality: dict, scale: dict, planar: list, import_s: tuple, num
         print("  global/channel whole .kq encode MP/s: " + ", ".join(enc))
     print(f"  import kquant_codec (< 0.3 s): best {import_s[0]:.3f} s, median {import_s[1]:.3f} s")
     print(
-        f"  numba (large images only): import {numba_warm['import_numba']:.2f} s, first fit in a process"
+        f"  kernels ({numba_warm['backend']}): load {numba_warm['load_kernels']:.2f} s, first fit in a process"
         f" {numba_warm['first_fit']:.2f} s vs {numba_warm['second_fit']:.2f} s warm (2.2 MP, k=16)"
     )
 
@@ -666,13 +669,17 @@ def main() -> None:
         planar = {key: v for key, v in big.items() if key.startswith("china")}
         planar = planar_table(planar, {"china 1 MP"} if args.quick else {"china 1 MP", "china 12 MP"}, (16, 256))
 
-        print("\n== numba costs (fresh processes; china upscaled to 2.2 MP, above the numba threshold; k=16) ==")
+        print("\n== kernel costs (fresh processes; china upscaled to 2.2 MP, above the numba threshold; k=16) ==")
         png = save_png(upscale(photos["china"], 2.2), work / "china_2mp.png")
+
+        def costs(values: dict) -> str:
+            return ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items() if v)
+
         warm = run_child("numba_cost", png)
-        print("  warm cache: " + ", ".join(f"{k} {v:.2f}" for k, v in warm.items() if v is not None))
+        print("  default: " + costs(warm))
         with tempfile.TemporaryDirectory() as cache:
-            cold = run_child("numba_cost", png, env={"NUMBA_CACHE_DIR": cache})
-        print("  cold cache: " + ", ".join(f"{k} {v:.2f}" for k, v in cold.items() if v is not None))
+            cold = run_child("numba_cost", png, env={"NUMBA_CACHE_DIR": cache, "KQUANT_KERNELS": "jit"})
+        print("  numba JIT, empty cache: " + costs(cold))
         print("  (seconds; _mb: resident MB above the process's start)")
 
         if not args.quick:

@@ -52,7 +52,17 @@ __all__ = [
     "read_palette",
     "write_palette",
     "register",
+    "kernel_backend",
 ]
+
+
+def kernel_backend() -> str:
+    """How the compiled kernels run in this process: "aot" (built at install: no compile, numba not imported)
+    or "jit" (numba compiles on first use and caches on disk). Chosen once; ``KQUANT_KERNELS`` overrides it
+    ("auto", "aot", "jit"). Raises ImportError when neither is usable."""
+    from ._native import backend
+
+    return backend()
 
 
 def register() -> None:

@@ -3,15 +3,13 @@
 Large images take a whole numba path (count tables, bins, Lloyd on all distinct colours); smaller ones use
 ``assign``, ``group_sums`` and ``kpp_step`` to run the numpy path's steps compiled, with the same results.
 
-Importing this module imports numba (about 0.2-0.3 s and 70 MB of resident memory); the first call of the
-cached kernels in a process costs about 0.3-0.5 s more; a cold cache (first use after installing or
-editing this file) compiles them once, in 10-15 s. ``cache=True`` stores the machine code in this
-package's ``__pycache__``, or, when that is not writable, in numba's per-user cache directory
-(``NUMBA_CACHE_DIR`` overrides both).
+The kernels run ahead-of-time compiled when the install built them, else numba compiles them on first use
+(``_native``: importing numba costs about 0.2-0.3 s and 70 MB of resident memory, and a cold cache compiles
+them once, in 10-15 s).
 
 Threads: the kernels are ``nogil`` and the wrappers below split the work into ranges run by the calling
-thread and helpers, ``numba.config.NUMBA_NUM_THREADS`` threads in all (the ``NUMBA_NUM_THREADS`` variable;
-default: the CPU count). numba's own ``parallel=True`` is deliberately not used: its OpenMP threading layer
+thread and helpers, ``NUMBA_NUM_THREADS`` threads in all (the environment variable numba reads; default: the
+CPU count). numba's own ``parallel=True`` is deliberately not used: its OpenMP threading layer
 kills a forked child process that calls a parallel kernel ("fork() called from a process already using GNU
 OpenMP"), and its workqueue layer aborts when two Python threads call parallel kernels at once; both would
 make the codec unsafe inside multiprocessing or thread pools.
@@ -29,9 +27,9 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
-from numba import njit
+
+from ._native import kernel
 
 __all__ = [
     "distinct_colours",
@@ -48,14 +46,14 @@ __all__ = [
     "centre_order",
 ]
 
-_OPTS = {"cache": True, "nogil": True, "boundscheck": False}
+_OPTS = {"nogil": True, "boundscheck": False}
 _MIN_RANGE = 1 << 14  # fewest points per thread task: below this, thread hand-off costs more than it saves
 
 
 # -- colour histogram --------------------------------------------------------------------------------
 
 
-@njit(**_OPTS)
+@kernel("(uint8[:, ::1], uint32[::1], int64)", **_OPTS)
 def _count_half(flat, counts, half):
     """Count the pixels whose red value has top bit ``half`` into ``counts`` ((2**23,) uint32).
 
@@ -68,7 +66,7 @@ def _count_half(flat, counts, half):
             counts[((r & 127) << 16) | (np.int64(flat[i, 1]) << 8) | np.int64(flat[i, 2])] += 1
 
 
-@njit(**_OPTS)
+@kernel("(uint32[::1], int64)", **_OPTS)
 def _extract(counts, offset):
     """Occupied entries of a count table: keys (offset + entry, ascending) int32 and their counts int32."""
     m = 0
@@ -111,7 +109,7 @@ def distinct_colours_of_strips(strips) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-@njit(**_OPTS)
+@kernel("(int32[::1], int64)", **_OPTS)
 def points_from_keys(keys, fix):
     """24-bit colour keys (M,) -> fixed-point points (M, 3) int32: ``fix`` times (r, g, b)."""
     pts = np.empty((keys.shape[0], 3), np.int32)
@@ -126,7 +124,7 @@ def points_from_keys(keys, fix):
 # -- learning bins -----------------------------------------------------------------------------------
 
 
-@njit(inline="always", **_OPTS)
+@kernel(inline="always", **_OPTS)
 def _box_key(P, i, fix, shift):
     """Index of the (2**shift)^3 colour box holding point i."""
     b = 8 - shift
@@ -136,7 +134,7 @@ def _box_key(P, i, fix, shift):
     return (r << (2 * b)) | (g << b) | bl
 
 
-@njit(**_OPTS)
+@kernel("(int32[:, ::1], int64, int64)", **_OPTS)
 def _occupied(P, fix, shift):
     """Number of occupied (2**shift)^3 boxes."""
     seen = np.zeros(1 << (3 * (8 - shift)), np.uint8)
@@ -154,7 +152,7 @@ def learning_shift(P: np.ndarray, fix: int, limit: int) -> int:
     return next((s for s in range(1, 8) if _occupied(P, fix, s) <= limit), 7)
 
 
-@njit(**_OPTS)
+@kernel("(int32[:, ::1], int32[::1], int64, int64)", **_OPTS)
 def coarse_bins(P, W, fix, shift):
     """Merge points into (2**shift)^3 boxes.
 
@@ -191,7 +189,7 @@ def coarse_bins(P, W, fix, shift):
 # -- Lloyd steps on all distinct colours ---------------------------------------------------------------
 
 
-@njit(**_OPTS)
+@kernel("(int32[:, ::1], int32[::1], uint8[::1], int64)", **_OPTS)
 def group_sums(P, W, idx, k):
     """Exact int64 total weight (k,) and weighted coordinate sums (k, 3) of the points labelled 0..k-1."""
     mass = np.zeros(k, np.int64)
@@ -208,7 +206,7 @@ def group_sums(P, W, idx, k):
 _NEAR = 24  # neighbours listed per centre; a search that gets past them checks every centre
 
 
-@njit(**_OPTS)
+@kernel("(int64[:, ::1], int64[:, ::1], float64[:, ::1], int64, int64)", **_OPTS)
 def _centre_order_rows(c, order, dist, start, stop):
     """Rows start..stop-1 of ``centre_order``, in place in ``order`` (k, near) and ``dist`` (k, near).
 
@@ -257,7 +255,7 @@ def centre_order(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, dist
 
 
-@njit(inline="always", **_OPTS)
+@kernel(inline="always", **_OPTS)
 def _sq_dist(c, j, p0, p1, p2):
     """Squared distance from (p0, p1, p2) to centre j of c (int64)."""
     e0 = p0 - c[j, 0]
@@ -266,7 +264,11 @@ def _sq_dist(c, j, p0, p1, p2):
     return e0 * e0 + e1 * e1 + e2 * e2
 
 
-@njit(**_OPTS)
+@kernel(
+    "(int32[:, ::1], int64[:, ::1], int64[:, ::1], float64[:, ::1], float64[::1], uint8[::1], int32[::1],"
+    " int64, int64)",
+    **_OPTS,
+)
 def _assign_range(P, c, order, cdist, mgap, idx, W, start, stop):
     """Exact nearest centre of points start..stop-1, in place; returns their sum of W * squared distance.
 
@@ -334,7 +336,7 @@ def _assign_range(P, c, order, cdist, mgap, idx, W, start, stop):
 _GUESS_SHIFT = 4  # guesses from a table of (2**4)^3 = 4096 colour boxes
 
 
-@njit(**_OPTS)
+@kernel("(int64[:, ::1], int64, int64)", **_OPTS)
 def _box_table(centres, fix, shift):
     """Nearest centre (ties to the lower index) of the middle of every (2**shift)^3 colour box: (boxes,) uint8."""
     b = 8 - shift
@@ -357,7 +359,7 @@ def _box_table(centres, fix, shift):
     return lut
 
 
-@njit(**_OPTS)
+@kernel("(int32[:, ::1], uint8[::1], int64, int64, uint8[::1], int64, int64)", **_OPTS)
 def _guess_range(P, lut, fix, shift, idx, start, stop):
     for i in range(start, stop):
         idx[i] = lut[_box_key(P, i, fix, shift)]
@@ -381,7 +383,10 @@ def guess_labels(P: np.ndarray, centres: np.ndarray, fix: int) -> np.ndarray:
 # -- greedy k-means++ on learning bins -----------------------------------------------------------------
 
 
-@njit(**_OPTS)
+@kernel(
+    "(int64[:, ::1], float64[::1], float64[::1], float64[::1], float64[::1], int64[::1], int64[:, ::1], int64)",
+    **_OPTS,
+)
 def kpp_step(p, wf, closest, cum, u, near, centres, m):
     """One greedy k-means++ step on weighted points; returns the chosen point, or -1 when every point
     already sits on a centre.
@@ -465,7 +470,7 @@ def kpp_step(p, wf, closest, cum, u, near, centres, m):
     return best
 
 
-@njit(**_OPTS)
+@kernel("(uint8[:, ::1], uint8[::1], uint8[::1], int64, int64)", **_OPTS)
 def _label_range(flat, lut, out, start, stop):
     """out[i] = lut[24-bit key of pixel i] for i in start..stop-1."""
     for i in range(start, stop):
@@ -473,7 +478,7 @@ def _label_range(flat, lut, out, start, stop):
 
 
 def _threads() -> int:
-    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+    return max(1, int(os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count() or 1))
 
 
 def _run_ranges(fn, n: int, *args, min_range: int = _MIN_RANGE) -> list:

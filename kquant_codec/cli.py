@@ -223,6 +223,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{r.mode:8} {r.k:4d} {r.mse:8.2f} {r.psnr:8.2f} {r.kq_bytes:10d} "
             f"{_fmt_ratio(r.ratio_vs_original_png):>7} {r.seconds:6.2f} {r.decode_seconds:6.3f}"
         )
+    from kquant_codec import kernel_backend
+
+    how = {"aot": "built at install", "jit": "compiled by numba on first use, cached"}[kernel_backend()]
+    print(f"compiled kernels: {how}")
     return EXIT_OK
 
 

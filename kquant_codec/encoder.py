@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import _native
 from .container import (
     CODEC_CONTEXT,
     CODEC_LZMA2,
@@ -128,11 +129,11 @@ def encode_image(
         if quantize.mode == "rgb" and img.mode not in ("P", "1"):
             # What the filter does, keeping the fit: its palette and labels are the rgb layout, so the
             # quantized image's colours need no second count. ("P" and "1" images: their filter differs.)
-            # The label codec needs numba anyway; loaded first, it also lets the fit run its learning steps
-            # compiled (the same palette, in about half the time on small images).
+            # The label codec needs the compiled kernels anyway; loaded first, they also let the fit run its
+            # learning steps compiled (the same palette, in about half the time on small images).
             try:
-                import numba  # noqa: F401
-            except Exception:  # unusable numba: the fit warns and takes numpy; the codecs report it themselves
+                _native.backend()
+            except Exception:  # no usable kernels: the fit warns and takes numpy; the codecs report it themselves
                 pass
 
             fitted = fit_image(img, quantize.k, "rgb", seed=seed, alpha=quantize.alpha, palette=quantize.palette)

@@ -30,19 +30,19 @@ they are exact in any summation order; numba distances are int64; sums of weight
 go to the lower index. Results are therefore identical for any BLAS or numba thread count, in every run
 and process. BLAS is held to one thread during a fit: with an inner dimension of 3, OpenBLAS threading
 only adds overhead (2-6x slower measured on a busy 2-core machine). Large images use the numba path when
-numba imports; its palette differs slightly from the numpy path's (it polishes on all distinct colours),
-so results are reproducible for a given installation; without numba the numpy path is used for every
-size (correct, but slower and with more memory on large images).
+the kernels are usable (built at install, or numba imports: ``_native``); its palette differs slightly
+from the numpy path's (it polishes on all distinct colours), so results are reproducible for a given
+installation; without kernels the numpy path is used for every size (correct, but slower and with more
+memory on large images).
 
 Compiled steps. On 3-channel unweighted images the numpy path's k-means++, Lloyd and integer stage can run
-through the numba kernels instead (``_accelerator``: when numba is already loaded, or from ACCEL_MIN_PIXELS).
+through the numba kernels instead (``_accelerator``: when they cost no load time, or from ACCEL_MIN_PIXELS).
 They compute the very same exact labels, sums and random draws, so the result is identical either way (a
 test checks it); only the time differs (about 2x less on 0.27 MP photos).
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable
@@ -52,6 +52,7 @@ from types import ModuleType
 
 import numpy as np
 
+from . import _native
 from ._heap import release_free_memory
 
 __all__ = ["PaletteFit", "fit_palette", "fit_palette_strips", "label_pixels", "nearest_colour", "ENGINES"]
@@ -59,7 +60,7 @@ __all__ = ["PaletteFit", "fit_palette", "fit_palette_strips", "label_pixels", "n
 ENGINES = ("auto", "numpy", "numba")
 NUMBA_MIN_PIXELS = 1 << 21  # "auto": images with at least this many pixels (about 2 MP) use numba
 ACCEL_MIN_PIXELS = 1 << 20  # "auto", smaller images: numba runs the numpy path's steps from this size (or
-# whenever numba is already loaded); below it, loading numba (0.2-0.4 s) would cost more than it saves
+# whenever the kernels cost no load time); below it, loading numba (0.2-0.4 s) would cost more than it saves
 FIX = 4  # fixed-point steps per channel unit; 2 * C * (255 * FIX)**2 < 2**24 for C <= 8 keeps float32 exact
 MAX_CHANNELS = 8
 LEARN_POINTS = 8192  # learning bins (soft limit, up to 2x); the numpy path uses max(4096, 64 k) up to this
@@ -94,14 +95,16 @@ _kernels_state: list = []  # [module] once loaded, [None] once found unusable
 
 
 def _kernels() -> ModuleType | None:
-    """The numba kernels module, imported on first use; None (after one warning) when numba is unusable."""
+    """The kernels module, imported on first use; None (after one warning) when no kernels are usable."""
     with _kernels_lock:
         if not _kernels_state:
             try:
                 from . import _rgb_kernels
+
+                _native.backend()  # raises when neither the install's build nor numba is usable
             except Exception as exc:  # ImportError, or numba / llvmlite failing while loading
                 warnings.warn(
-                    f"kquant_codec: numba is unusable ({type(exc).__name__}: {exc}); large images are quantized "
+                    f"kquant_codec: the compiled kernels are unusable ({exc}); large images are quantized "
                     "by the slower numpy path",
                     RuntimeWarning,
                     stacklevel=3,
@@ -120,7 +123,7 @@ def _pick_kernels(engine: str, pixels: int, channels: int, weighted: bool) -> Mo
             raise ValueError("the numba engine takes unweighted 3-channel images of fewer than 2**31 pixels")
         kernels = _kernels()
         if kernels is None:
-            raise RuntimeError("the numba engine was asked for, but numba cannot be imported")
+            raise RuntimeError("the numba engine was asked for, but no compiled kernels are usable")
         return kernels
     if engine == "auto" and eligible and pixels >= NUMBA_MIN_PIXELS:
         return _kernels()
@@ -130,12 +133,13 @@ def _pick_kernels(engine: str, pixels: int, channels: int, weighted: bool) -> Mo
 def _accelerator(engine: str, pixels: int, channels: int, weighted: bool) -> ModuleType | None:
     """numba kernels to run the numpy path's learning steps compiled (same results, less time), or None.
 
-    "auto" only, 3 channels, unweighted: when numba is already loaded in this process (a ``.kq`` encode
-    loads it), or the image is large enough that loading it pays.
+    "auto" only, 3 channels, unweighted: when the kernels cost no load time (built at install, or numba
+    already loaded in this process, as a ``.kq`` encode does), or the image is large enough that loading
+    numba pays.
     """
     if engine != "auto" or channels != 3 or weighted:
         return None
-    if "numba" in sys.modules or pixels >= ACCEL_MIN_PIXELS:
+    if pixels >= ACCEL_MIN_PIXELS or _native.cheap():
         return _kernels()
     return None
 

@@ -9,21 +9,20 @@ ordered by key (colour) distance from a base label. Rows equal to an earlier row
 entropy coder is rANS (32-bit state, 16-bit words, 15-bit probabilities); nothing but the symbols is
 transmitted. Stripes of rows are coded independently.
 
-This module imports numba, so only the container's codec-3 paths import it, on first use (``import
-kquant_codec`` stays numba-free). The kernels are compiled once per machine and cached
-(``@njit(cache=True)``); one kernel serves encoder and decoder, so their models cannot drift apart.
+The kernels are compiled at install time, or by numba on first use (``_native``); only the container's
+codec-3 paths import this module, on first use. One kernel serves encoder and decoder, so their models cannot
+drift apart.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numba import njit
 
 from ._heap import release_free_memory
+from ._native import kernel, notice_first_compile
 
 __all__ = ["encode_plane", "decode_plane", "encode_label_planes", "decode_label_planes", "STREAM_VERSION"]
 
@@ -67,7 +66,7 @@ _ERR_FINAL = 3
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _adapt(q, ctx, n, s):
     """Adapt model q (n symbols) at context ctx towards symbol s. A model's row holds its reduced CDF in columns
     0..n and its adaptation count in column n + 1 (one cache line per context, not one per array)."""
@@ -87,13 +86,13 @@ def _adapt(q, ctx, n, s):
         q[ctx, i] = v
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _mix(qa, ca, qb, cb, w, i):
     """Entry i of the mix of two models' reduced CDFs (rows ca of qa, cb of qb) with weight w / 4096 on qb."""
     return ((4096 - w) * np.int64(qa[ca, i]) + w * np.int64(qb[cb, i])) >> 12
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _mixed_find(qa, ca, qb, cb, w, n, slot):
     """The decoder's symbol s (of n) whose mixed start mix(s) + s is the last at or below slot, with mix(s) and
     mix(s + 1): the mix is computed only as far as the symbol (mix(0) = 0, mix(n) = TOT - n, the starts
@@ -108,7 +107,7 @@ def _mixed_find(qa, ca, qb, cb, w, n, slot):
     return s, lo, hi
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _med(a, b, c):
     mn = a if a < b else b
     mx = a if a > b else b
@@ -119,7 +118,7 @@ def _med(a, b, c):
     return a + b - c
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _bitlen(v):
     b = 0
     while v > 0:
@@ -133,14 +132,14 @@ def _bitlen(v):
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _put(st, fr, k, start, freq):
     """Record symbol k's (start, frequency): the rows are sized for the most symbols a stripe can have."""
     st[k] = start
     fr[k] = freq
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _midpoint_label(keys, ksort, L, T):
     """The label whose key is nearest to the midpoint of keys L and T (squared distance of the doubled keys;
     ties to the lower label): the escape base of 16.7.
@@ -178,7 +177,15 @@ def _midpoint_label(keys, ksort, L, T):
     return B
 
 
-@njit(cache=True, nogil=True)
+# The argument types of the one specialization both directions use (built ahead of time with them):
+# dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w0, w1, ref, has_ref.
+_STRIPE_SIGNATURE = (
+    "(boolean, uint8[:, ::1], int64[::1], uint8[:, ::1], int64, uint8[:, ::1], uint8[:, ::1], int32[:, ::1],"
+    " int64[::1], int16[:, ::1], uint16[::1], int64, int64, uint8[:, ::1], boolean)"
+)
+
+
+@kernel(_STRIPE_SIGNATURE, nogil=True)
 def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w0, w1, ref, has_ref):
     """Code one stripe. lab: (H, W) uint8 input (encoder) ; out: (H, W) uint8 output (decoder).
     words: uint16 stream for the decoder, words[w0:w1]. Returns (status, st, fr, nsym)."""
@@ -578,7 +585,7 @@ def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w
     return _OK, st, fr, k
 
 
-@njit(cache=True, nogil=True)
+@kernel("(uint16[::1], uint16[::1], int64)", nogil=True)
 def _rans_encode(st, fr, n):
     """Encode symbols n-1..0 (reverse); return the uint16 word stream in decoder order.
 
@@ -736,7 +743,7 @@ def encode_plane(
     if not 1 <= m <= 256 or int(lab.max()) >= m:
         raise ValueError("labels must be < m <= 256")
     h, w = lab.shape
-    _notice_first_compile(_stripe_kernel, "coder")
+    notice_first_compile(_stripe_kernel, "coder", "5-15")
     karr = _key_array(m, keys)
     R, order, ksort = _key_tables(karr)
     has_ref = ref is not None
@@ -802,7 +809,7 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
         raise ValueError("label stream too short for the image size")
     has_ref = bool(flags & FLAG_REF)
     refa = np.ascontiguousarray(ref) if has_ref else np.zeros((1, 1), np.uint8)
-    _notice_first_compile(_stripe_kernel, "coder")
+    notice_first_compile(_stripe_kernel, "coder", "5-15")
     R, order, ksort = _key_tables(karr)
     words = np.frombuffer(data, dtype="<u2", count=rest // 2, offset=pos).astype(np.uint16)
     offs = np.zeros(ns + 1, np.int64)
@@ -819,30 +826,6 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
         if status != _OK:
             raise ValueError(f"corrupt stripe {i} ({_STATUS[status]})")
     return out
-
-
-_announced: set[str] = set()
-
-
-def _notice_first_compile(kernel, what: str, seconds: str = "5-15") -> None:
-    """Say so, once, when ``kernel`` is about to be compiled for this machine (its numba cache is empty or
-    stale): the first encode or decode then takes ``seconds`` (codec 3: some 5-15 s; codec 4: 15-30 s on two
-    cores) instead of milliseconds, and a silent wait that long looks like a hang. Logged as a warning (shown
-    on stderr when the application sets up no logging). Uses numba's cache internals; if they change, there is
-    simply no notice."""
-    if what in _announced:
-        return
-    _announced.add(what)
-    try:
-        cold = not kernel._cache._cache_file._load_index()
-    except Exception:  # best effort: a notice must never break coding
-        return
-    if cold:
-        logging.getLogger("kquant_codec").warning(
-            "kquant_codec: compiling the .kq %s kernel for this machine (once; about %s s, cached afterwards)",
-            what,
-            seconds,
-        )
 
 
 def _map_stripes(fn, items: list) -> list:

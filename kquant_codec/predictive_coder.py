@@ -15,19 +15,18 @@ residuals: a row flag (the whole row) and run lengths where the neighbours' resi
 The entropy coder, model update and mixing are codec 3's (``label_coder``, spec 16.4 and 16.8). One numba
 kernel serves encoder and decoder, so the models cannot drift apart; the decoder bounds every index and reports
 a status for streams that run out, hold an impossible symbol or do not end exactly. Stripes of rows are coded
-independently, on a thread pool; the bytes do not depend on the number of threads. Importing this module
-imports numba; the container imports it on first use only.
+independently, on a thread pool; the bytes do not depend on the number of threads. The kernels are compiled
+at install time, or by numba on first use (``_native``); the container imports this module on first use only.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ._native import kernel, notice_first_compile
 from .label_coder import (
     RCP,
     _map_stripes,
-    _notice_first_compile,
     _put,
     _rans_encode,
     _read_uvarint,
@@ -74,7 +73,7 @@ _ERR_FINAL = 3
 _STATUS = {_ERR_EOF: "ran out of words", _ERR_SYM: "impossible symbol", _ERR_FINAL: "does not end exactly"}
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _bitlen(v):
     b = 0
     while v > 0:
@@ -83,12 +82,12 @@ def _bitlen(v):
     return b
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _clamp(v, lo, hi):
     return lo if v < lo else (hi if v > hi else v)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _q5(d):
     if d < -2:
         return 0
@@ -101,12 +100,12 @@ def _q5(d):
     return 4
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _sgn3(v):
     return 0 if v == 0 else (1 if v > 0 else 2)
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _adapt(q, ctx, n, s):
     """The model update of spec 16.4 (the same arithmetic as codec 3's), in two branch-free loops. A model's row
     holds its reduced CDF in columns 0..n and its adaptation count in column n + 1 (one cache line, not two)."""
@@ -123,7 +122,7 @@ def _adapt(q, ctx, n, s):
         q[ctx, i] += (t - q[ctx, i]) >> r
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _init_model(q, n):
     t = TOT - n
     for c in range(q.shape[0]):
@@ -131,7 +130,7 @@ def _init_model(q, n):
             q[c, i] = (t * i) // n
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _code_sym(dec, q, c, n, s, x, pos, words, w1, st, fr, k):
     """One symbol under the reduced CDF q[c] over n symbols: decode it (dec) or record s (encoder).
     Returns (s, x, pos, k, ok); ok is False when the decoder runs out of words."""
@@ -157,7 +156,7 @@ def _code_sym(dec, q, c, n, s, x, pos, words, w1, st, fr, k):
     return s, x, pos, k, True
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _code_raw(dec, v, nb, x, pos, words, w1, st, fr, k):
     """nb (1..15) raw bits of v. Returns (v, x, pos, k, ok)."""
     sh = PREC - nb
@@ -176,7 +175,7 @@ def _code_raw(dec, v, nb, x, pos, words, w1, st, fr, k):
     return v, x, pos, k, True
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, qb2, qt, qs, x, pos, words, w1, st, fr, k):
     """The residual r = label - p (p in 0..mx): magnitude bucket (two models mixed), top mantissa bit, raw low
     bits, then the sign when both signs are possible. Returns (r, x, pos, k, status)."""
@@ -250,7 +249,7 @@ def _code_residual(dec, r, p, mx, actx, bctx, sctx, qb, qb2, qt, qs, x, pos, wor
 
 # Not inlined (unlike the helpers above): it runs once per run, not per pixel, and inlining both of its call sites
 # cost about 3.5 s of a cold compile. Both sites pass the same argument types, so it compiles once.
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _code_run(dec, L, left, rctx, nrun, qr, x, pos, words, w1, st, fr, k):
     """A run of L zero residuals starting here, 0 <= L <= left (pixels left in the row, this one included):
     token 0 = to the end of the row, else bitlen(L) + 1, then the low bitlen(L) - 1 bits of L raw (more than 15
@@ -293,7 +292,15 @@ def _code_run(dec, L, left, rctx, nrun, qr, x, pos, words, w1, st, fr, k):
     return L, x, pos, k, _OK
 
 
-@njit(cache=True, nogil=True)
+# The argument types of the one specialization both directions use (built ahead of time with them):
+# dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_ref, exact.
+_STRIPE_SIGNATURE = (
+    "(boolean, uint8[:, ::1], uint8[:, ::1], int16[:, ::1], int64, uint16[::1], int64, int64, uint8[:, ::1],"
+    " int16[:, ::1], boolean, boolean)"
+)
+
+
+@kernel(_STRIPE_SIGNATURE, nogil=True)
 def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_ref, exact):
     """Code one stripe. lab: (S, W) uint8 labels (encoder); out: (S, W) uint8 (decoder); res_out: (S, W) int16
     residuals (both sides; the next plane's reference residuals). words[w0:w1]: the decoder's words.
@@ -654,7 +661,7 @@ def encode_plane(
         stripe_rows = max(1, -(-DEFAULT_STRIPE_PIXELS // w))
     stripe_rows = int(min(max(1, stripe_rows), MAX_STRIPE_ROWS, h))
     res = np.empty((h, w), np.int16)
-    _notice_first_compile(_stripe_kernel, "predictive coder", "15-30")
+    notice_first_compile(_stripe_kernel, "predictive coder", "15-30")
 
     def encode_stripe(y0: int) -> np.ndarray:
         y1 = y0 + stripe_rows
@@ -711,7 +718,7 @@ def decode_plane(
         refr = np.ascontiguousarray(ref[1], dtype=np.int16)
     else:
         refl, refr = np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.int16)
-    _notice_first_compile(_stripe_kernel, "predictive coder", "15-30")
+    notice_first_compile(_stripe_kernel, "predictive coder", "15-30")
     words = np.frombuffer(data, dtype="<u2", count=rest // 2, offset=pos).astype(np.uint16)
     offs = np.zeros(ns + 1, np.int64)
     offs[1:] = np.cumsum(np.array(lens, np.int64))

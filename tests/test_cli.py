@@ -72,6 +72,21 @@ def test_bench_prints_every_mode_and_k(photo):
     assert r.returncode == 0 and "channel" in r.stdout and "PSNR" in r.stdout
 
 
+def test_demo_runs_every_mode_on_the_bundled_photo():
+    """The quick start's command: every mode of each k, with sizes, and which kernels ran."""
+    r = run("demo", "-k", "2", "16")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("china.jpg: 640x427 RGB")
+    rows = [line.split() for line in lines if line.split()[:1] and line.split()[0] in ("rgb", "global", "channel")]
+    assert sorted((row[0], int(row[1])) for row in rows) == sorted(
+        (mode, k) for mode in ("rgb", "global", "channel") for k in (2, 16)
+    )
+    assert all(int(row[4]) > 0 for row in rows)
+    expected = "built at install" if kquant_codec.kernel_backend() == "aot" else "compiled by numba"
+    assert lines[-1].startswith(f"compiled kernels: {expected}")
+
+
 def test_refuses_to_overwrite_without_force(tmp_path, photo):
     kq = tmp_path / "photo.kq"
     kq.write_bytes(b"precious")

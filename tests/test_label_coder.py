@@ -307,7 +307,8 @@ def test_first_compile_is_announced_once_then_cached(tmp_path):
     path = tmp_path / "x.kq"
     Image.fromarray(_structured(16, 16, 8, np.random.default_rng(2))).convert("L").save(path, mode="global", k=8)
     assert kq.kq_info(path).codec == "context"
-    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    # numba's JIT (no install-time kernels) with an empty cache
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "KQUANT_KERNELS": "jit"}
     code = f"from PIL import Image; import kquant_codec; Image.open({str(path)!r}).load()"
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True) for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
