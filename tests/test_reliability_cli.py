@@ -27,14 +27,26 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _noisy_gradient(width: int, height: int) -> Image.Image:
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:height, 0:width] * (1500 / width)
+    arr = np.dstack([x * 0.17, y * 0.25, (x + y) * 0.1]) + rng.normal(0, 20, (height, width, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
 @pytest.fixture(scope="module")
 def big_photo(tmp_path_factory) -> Path:
-    """A 1500x1000 photo-like image: quantizing it to 64 colours takes many seconds."""
-    rng = np.random.default_rng(3)
-    y, x = np.mgrid[0:1000, 0:1500]
-    arr = np.dstack([x * 0.17, y * 0.25, (x + y) * 0.1]) + rng.normal(0, 20, (1000, 1500, 3))
+    """A 1500x1000 photo-like image (4.5 MB as BMP)."""
     path = tmp_path_factory.mktemp("sigint") / "big.png"
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, compress_level=1)
+    _noisy_gradient(1500, 1000).save(path, compress_level=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def huge_photo(tmp_path_factory) -> Path:
+    """A 3000x2000 photo-like image: encoding it at k=64 takes about 4 CPU-seconds (2-core machine)."""
+    path = tmp_path_factory.mktemp("sigint") / "big.png"
+    _noisy_gradient(3000, 2000).save(path, compress_level=1)
     return path
 
 
@@ -61,9 +73,9 @@ def _left_over(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name != "big.png")
 
 
-def test_sigint_while_encoding(tmp_path, big_photo):
+def test_sigint_while_encoding(tmp_path, huge_photo):
     source = tmp_path / "big.png"
-    shutil.copy(big_photo, source)
+    shutil.copy(huge_photo, source)
     target = tmp_path / "out.kq"
     proc = subprocess.Popen(
         [*KQUANT, "encode", str(source), str(target), "-k", "64"],
