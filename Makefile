@@ -11,7 +11,12 @@ bench-quantizers:
 	.venv/bin/python benchmarks/quantizers.py
 
 clean:
-	rm -rf .venv build *.egg-info
+	rm -rf .venv build *.egg-info kquant_codec/_aot_*.so
+
+# Rebuild the ahead-of-time kernels in place after editing a kernel module (pip install -e . does it too).
+.PHONY: kernels
+kernels:
+	.venv/bin/python kquant_codec/_native_build.py
 
 # Fuzz the .kq decoder for FUZZ_SECONDS (or FUZZ_RUNS executions); prints executions and findings.
 # Coverage-guided with atheris (pip install -e ".[fuzz]"), else a seeded mutator. See fuzz/run.py.

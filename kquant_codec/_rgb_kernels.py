@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -504,9 +506,11 @@ def _run_ranges(fn, n: int, *args, min_range: int = _MIN_RANGE) -> list:
             results[i] = fn(*args, *ranges[i])
 
     pool = _helper_pool()
-    helpers = [pool.submit(work) for _ in range(threads - 1)]
+    helpers: list[_HelperTask] = []
     error: BaseException | None = None
     try:
+        for _ in range(threads - 1):
+            helpers.append(pool.submit(work))
         work()
     except BaseException as exc:  # (Ctrl-C included) the helpers still write our arrays: wait for them first
         error = exc
@@ -522,17 +526,80 @@ def _run_ranges(fn, n: int, *args, min_range: int = _MIN_RANGE) -> list:
     return results
 
 
-_HELPERS: list = []  # [(pid, ThreadPoolExecutor)]
+class _HelperTask:
+    """One callable handed to the helper threads: ``cancel()`` before it starts, ``result()`` after."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+        self._value: Any = None
+        self._lock = threading.Lock()
+        self._state = "pending"  # -> "running" or "cancelled"
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._state != "pending":
+                return False
+            self._state = "cancelled"
+            return True
+
+    def run(self) -> None:
+        with self._lock:
+            if self._state != "pending":
+                return
+            self._state = "running"
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # handed to result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class _HelperPool:
+    """``size`` daemon threads running submitted tasks. Daemon, unlike ThreadPoolExecutor's: an exception
+    (Ctrl-C, SIGTERM) landing while an executor starts a thread can leave the thread unknown to the
+    executor's exit hook, and the process then waits for it forever at exit (seen in ``kquant batch``
+    workers). A daemon thread is never waited for, and ours are idle whenever no caller waits for them."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], Any]) -> _HelperTask:
+        task = _HelperTask(fn)
+        self._queue.put(task)
+        with self._lock:
+            if len(self._threads) < self._size:
+                thread = threading.Thread(target=self._serve, name=f"kq-ranges_{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        return task
+
+    def _serve(self) -> None:
+        while True:
+            self._queue.get().run()
+
+
+_HELPERS: list = []  # [(pid, _HelperPool)]
 _HELPERS_LOCK = threading.Lock()
 
 
-def _helper_pool() -> ThreadPoolExecutor:
+def _helper_pool() -> _HelperPool:
     """This process's pool of NUMBA_NUM_THREADS - 1 helper threads (a forked child makes its own: its copy of
     the parent's pool has no threads)."""
     with _HELPERS_LOCK:
         if not _HELPERS or _HELPERS[0][0] != os.getpid():
-            size = max(1, _threads() - 1)
-            _HELPERS[:] = [(os.getpid(), ThreadPoolExecutor(size, thread_name_prefix="kq-ranges"))]
+            _HELPERS[:] = [(os.getpid(), _HelperPool(max(1, _threads() - 1)))]
         return _HELPERS[0][1]
 
 

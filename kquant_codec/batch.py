@@ -256,6 +256,28 @@ def _init_pool_worker(interruptible: bool) -> None:
     global _INTERRUPTIBLE
     _INTERRUPTIBLE = interruptible
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Import now, while SIGINT is ignored, what converting a file would import on first use: a Ctrl-C landing
+    # inside the import machinery comes out as "Exception ignored" tracebacks instead of a clean stop.
+    from kquant_codec import _rgb_kernels, container, kmeans_colour, label_coder, predictive_coder  # noqa: F401
+
+    with contextlib.suppress(Exception):  # no usable kernels: the first file reports it
+        kq.kernel_backend()
+    if hasattr(signal, "pthread_sigmask"):  # started with SIGINT blocked (_submit): a pending one is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _submit(executor: ProcessPoolExecutor, fn: Callable, *args: Any) -> Any:
+    """``executor.submit(fn, *args)``, with SIGINT blocked meanwhile: submit() may start a worker,
+    and a Ctrl-C to the process group that lands while it starts up would kill it with a traceback before its
+    initializer makes it ignore SIGINT. The blocked mask survives fork and exec, so the worker starts with
+    SIGINT held back until its initializer ignores it; ours stays pending and is raised right after."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return executor.submit(fn, *args)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return executor.submit(fn, *args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _pool_process(task: _Task) -> FileResult:
@@ -534,7 +556,7 @@ def _run_pool(tasks: list[_Task], jobs: int, report: Callable[..., None]) -> Non
                 while pending and len(inflight) < jobs:
                     task = pending.popleft()
                     try:
-                        inflight[executor.submit(_pool_process, task)] = task
+                        inflight[_submit(executor, _pool_process, task)] = task
                     except BrokenProcessPool:
                         pending.appendleft(task)
                         broken = True

@@ -392,3 +392,32 @@ def test_killed_worker_is_survived(slow_tree, slow_reference, tmp_path):
     assert summary["encoded"] == SLOW_COUNT and summary["failed"] == 0
     _check_outputs_whole(slow_reference, out)
     assert len(list(out.rglob("*.kq"))) == SLOW_COUNT
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_worker_starting_up_survives_ctrl_c():
+    """A Ctrl-C to the process group can land on a pool worker before its initializer makes it ignore
+    SIGINT: it must neither kill the worker (a traceback, a broken pool) nor be lost for the parent."""
+    script = """
+        import multiprocessing, os, signal, sys, time
+        from concurrent.futures import ProcessPoolExecutor
+        from kquant_codec import batch
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        executor = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=batch._init_pool_worker, initargs=(True,),
+        )
+        future = batch._submit(executor, os.getpid)
+        (child,) = multiprocessing.active_children()
+        for _ in range(5):  # while it starts Python and imports the package
+            os.kill(child.pid, signal.SIGINT)
+            time.sleep(0.01)
+        print(future.result(timeout=120) == child.pid)
+        executor.shutdown()
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", __import__("textwrap").dedent(script)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+    assert "Traceback" not in out.stderr and "KeyboardInterrupt" not in out.stderr

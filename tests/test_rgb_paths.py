@@ -312,7 +312,7 @@ def test_ranges_come_back_in_order_and_the_caller_works_alone_when_helpers_are_b
     assert out[0][1] == 0 and out[-1][2] == n and len(out) == 12
     assert all(a[2] == b[1] for a, b in zip(out, out[1:], strict=False))
     gate = threading.Event()
-    blockers = [K._helper_pool().submit(gate.wait, 60) for _ in range(2)]
+    blockers = [K._helper_pool().submit(lambda: gate.wait(60)) for _ in range(2)]
     try:
         workers.clear()
         assert K._run_ranges(part, n, "t") == out
@@ -320,6 +320,19 @@ def test_ranges_come_back_in_order_and_the_caller_works_alone_when_helpers_are_b
     finally:
         gate.set()
     assert all(b.result() for b in blockers)
+
+
+def test_helper_threads_never_hold_up_the_exit_of_the_process(monkeypatch):
+    """The helper pool's threads are daemon threads: with ThreadPoolExecutor's, a Ctrl-C landing while the
+    pool started a thread left that thread unknown to the executor's exit hook, and a ``kquant batch`` worker
+    then waited for it forever at exit."""
+    from kquant_codec import _rgb_kernels as K
+
+    monkeypatch.setattr(K, "_threads", lambda: 3)
+    monkeypatch.setattr(K, "_HELPERS", [])
+    K._run_ranges(lambda start, stop: stop - start, 5 * K._MIN_RANGE)
+    threads = K._helper_pool()._threads
+    assert len(threads) == 2 and all(t.daemon and t.is_alive() for t in threads)
 
 
 def test_a_failing_range_fails_the_call_after_every_helper_has_stopped(monkeypatch):
