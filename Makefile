@@ -11,7 +11,7 @@ bench-quantizers:
 	.venv/bin/python benchmarks/quantizers.py
 
 clean:
-	rm -rf .venv build *.egg-info kquant_codec/_aot_*.so
+	rm -rf .venv build *.egg-info kquant_codec/_aot_*.so kquant_codec/_aot_*.pyd
 
 # Rebuild the ahead-of-time kernels in place after editing a kernel module (pip install -e . does it too).
 .PHONY: kernels

@@ -26,7 +26,7 @@ class BuildKernels(build_ext):
         targets = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
         for target in targets:
             target.unlink(missing_ok=True)  # a stale build must not outlive a failed one
-        if os.environ.get("KQUANT_SKIP_AOT"):
+        if os.environ.get("KQUANT_SKIP_AOT", "").strip() not in ("", "0"):
             print("kquant_codec: KQUANT_SKIP_AOT is set; kernels will be compiled on first use", file=sys.stderr)
             return
         script = HERE / "kquant_codec" / "_native_build.py"

@@ -15,8 +15,8 @@ for the whole package, to one of two backends:
   present (no C compiler at install, an edited source, ``KQUANT_KERNELS=jit``).
 
 ``KQUANT_KERNELS`` chooses: "auto" (the default: "aot" when usable, else "jit"), "aot" (fail when the build
-is unusable) or "jit". Both backends compile the same functions with integer arithmetic, so they give the
-same bytes (tests compare them).
+is unusable) or "jit". Both backends compile the same functions with the same flags, so they give the same
+bytes (tests compare them).
 """
 
 from __future__ import annotations
@@ -48,12 +48,16 @@ class Kernel:
     """A numba function of this package, callable from Python; resolves to its compiled form on first call.
 
     ``signature``: the argument types it is built with ahead of time (numba's type syntax, as a string), or
-    None for a function that only other kernels call (inlined or linked into them)."""
+    None for a function that only other kernels call (inlined or linked into them). ``inputs``: positions of
+    array arguments it only reads (they may be read-only arrays)."""
 
-    def __init__(self, py_func: Callable, options: dict[str, Any], signature: str | None) -> None:
+    def __init__(
+        self, py_func: Callable, options: dict[str, Any], signature: str | None, inputs: tuple[int, ...] = ()
+    ) -> None:
         self.py_func = py_func
         self.options = options
         self.signature = signature
+        self.inputs = frozenset(inputs)
         self.module = py_func.__module__
         self.__name__ = py_func.__name__
         self.__qualname__ = py_func.__qualname__
@@ -87,7 +91,8 @@ class Kernel:
 
 def _checked(compiled: Callable, k: Kernel) -> Callable:
     """``compiled`` behind a check of its arguments against ``k.signature``: an ahead-of-time function takes
-    raw memory and would read a wrong dtype, a strided view or a float without complaint."""
+    raw memory and would read a wrong dtype, a strided view or a float without complaint, and write into a
+    read-only array. Arrays must be aligned, and writable unless ``k.inputs`` lists them (read only)."""
     checks = parse_signature(k.signature)
 
     def call(*args: Any) -> Any:
@@ -95,21 +100,34 @@ def _checked(compiled: Callable, k: Kernel) -> Callable:
             raise TypeError(f"{k!r} takes {len(checks)} arguments, got {len(args)}")
         for i, (arg, (dtype, ndim)) in enumerate(zip(args, checks, strict=True)):
             if ndim:
-                ok = type(arg) is np.ndarray and arg.dtype == dtype and arg.ndim == ndim and arg.flags.c_contiguous
+                ok = type(arg) is np.ndarray and arg.dtype == dtype and arg.ndim == ndim
+                flags = arg.flags if ok else None
+                ok = ok and flags.c_contiguous and flags.aligned and (flags.writeable or i in k.inputs)
             elif dtype == np.bool_:
                 ok = isinstance(arg, bool | np.bool_)
             else:
                 ok = isinstance(arg, int | np.integer)
             if not ok:
-                got = f"{arg.dtype} {arg.ndim}-D array" if isinstance(arg, np.ndarray) else type(arg).__name__
-                raise TypeError(f"{k!r} argument {i}: expected {_describe(dtype, ndim)}, got {got}")
+                got = _describe_value(arg)
+                raise TypeError(f"{k!r} argument {i}: expected {_describe(dtype, ndim, i in k.inputs)}, got {got}")
         return compiled(*args)
 
     return call
 
 
-def _describe(dtype: np.dtype, ndim: int) -> str:
-    return f"a C-contiguous {dtype} {ndim}-D array" if ndim else str(dtype)
+def _describe_value(arg: Any) -> str:
+    if not isinstance(arg, np.ndarray):
+        return type(arg).__name__
+    flags = arg.flags
+    traits = [t for t, on in (("strided", not flags.c_contiguous), ("unaligned", not flags.aligned),
+                               ("read-only", not flags.writeable)) if on]  # fmt: skip
+    return " ".join([*traits, f"{arg.dtype} {arg.ndim}-D array"])
+
+
+def _describe(dtype: np.dtype, ndim: int, read_only_ok: bool = False) -> str:
+    if not ndim:
+        return str(dtype)
+    return f"an aligned C-contiguous {'' if read_only_ok else 'writable '}{dtype} {ndim}-D array"
 
 
 def parse_signature(signature: str) -> list[tuple[np.dtype, int]]:
@@ -140,13 +158,13 @@ def _parse_type(text: str, signature: str) -> tuple[np.dtype, int]:
     return dtype, len(axes)
 
 
-def kernel(signature: str | None = None, **options: Any) -> Callable[[Callable], Kernel]:
+def kernel(signature: str | None = None, inputs: tuple[int, ...] = (), **options: Any) -> Callable[[Callable], Kernel]:
     """Decorator: ``@kernel("(uint8[:, ::1], int64)", nogil=True)`` marks a function as a compiled kernel.
 
-    ``options`` are numba.njit's (``cache=True`` is implied); ``signature`` as in ``Kernel``."""
+    ``options`` are numba.njit's (``cache=True`` is implied); ``signature`` and ``inputs`` as in ``Kernel``."""
 
     def wrap(py_func: Callable) -> Kernel:
-        k = Kernel(py_func, options, signature)
+        k = Kernel(py_func, options, signature, inputs)
         with _lock:
             _registry.append(k)
         return k
@@ -161,10 +179,11 @@ def registry() -> list[Kernel]:
 
 
 def fingerprint() -> int:
-    """A 60-bit hash of the kernel modules' source files: what an ahead-of-time build is checked against."""
+    """A 60-bit hash of the kernel modules' source files and of the build script (its compile flags): what
+    an ahead-of-time build is checked against."""
     h = hashlib.sha256()
     here = Path(__file__).parent
-    for name in KERNEL_MODULES:
+    for name in (*KERNEL_MODULES, "_native_build"):
         h.update((here / f"{name}.py").read_bytes())
     return int.from_bytes(h.digest()[:8], "little") >> 4
 
@@ -189,7 +208,7 @@ def _choose() -> str:
     want = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if want not in CHOICES:
         raise ValueError(f"{ENV} must be one of {', '.join(CHOICES)}, got {want!r}")
-    if want != "jit" and _aot_modules() is not None:
+    if _aot_modules() is not None:
         return "aot"
     if want == "aot":
         raise RuntimeError(f"{ENV}=aot, but the ahead-of-time kernels are unusable: {_state['why_not_aot']}")
@@ -217,16 +236,19 @@ def _aot_modules() -> dict[str, Any] | None:
             if os.environ.get(ENV, "").strip().lower() == "jit":
                 _state["why_not_aot"] = f"{ENV}=jit"
                 return None
-            modules, expected = {}, fingerprint()
-            for name in KERNEL_MODULES:
-                try:
+            try:
+                modules, expected = {}, fingerprint()
+                for name in KERNEL_MODULES:
                     modules[name] = importlib.import_module(f"{__package__}.{extension_name(name)}")
-                except ImportError as exc:
-                    _state["why_not_aot"] = f"not built ({exc})"
-                    return None
-                if modules[name].fingerprint() != expected:
-                    _state["why_not_aot"] = "built from other source (a kernel module changed since)"
-                    return None
+                    if modules[name].fingerprint() != expected:
+                        _state["why_not_aot"] = "built from other source (a kernel module changed since)"
+                        return None
+            except ImportError as exc:
+                _state["why_not_aot"] = f"not built ({exc})"
+                return None
+            except Exception as exc:  # a source file missing (frozen app), an extension failing to start, ...
+                _state["why_not_aot"] = f"unusable ({type(exc).__name__}: {exc})"
+                return None
             _state["modules"] = modules
         return _state["modules"]
 
@@ -254,6 +276,15 @@ def _make_dispatchers() -> None:
             for name, value in list(vars(module).items()):
                 if isinstance(value, Kernel) and value.signature is None and value.dispatcher is not None:
                     setattr(module, name, value.dispatcher)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # (a fork while another thread resolved kernels would leave it held for good)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _announced: set[str] = set()

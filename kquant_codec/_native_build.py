@@ -28,8 +28,8 @@ from pathlib import Path
 
 PACKAGE = "kquant_codec"
 # The LLVM CPU model to build for. Default: the architecture's generic model, so that a built wheel runs on any
-# machine of the architecture; "host" (this machine's model) measured no faster (12 MP decode, rgb and global
-# encodes within 3%, x86-64).
+# CPU of the architecture (it stays tied to its Python version and platform, as any wheel). "host" (this
+# machine's model) measured no faster: 12 MP decode, rgb and global encodes within 3% (x86-64).
 CPU_ENV = "KQUANT_AOT_CPU"
 
 
@@ -118,4 +118,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        del sys.path[0]  # run as a script: the package's folder must not shadow top-level modules
     sys.exit(main())

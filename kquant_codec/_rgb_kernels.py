@@ -55,7 +55,7 @@ _MIN_RANGE = 1 << 14  # fewest points per thread task: below this, thread hand-o
 # -- colour histogram --------------------------------------------------------------------------------
 
 
-@kernel("(uint8[:, ::1], uint32[::1], int64)", **_OPTS)
+@kernel("(uint8[:, ::1], uint32[::1], int64)", inputs=(0,), **_OPTS)
 def _count_half(flat, counts, half):
     """Count the pixels whose red value has top bit ``half`` into ``counts`` ((2**23,) uint32).
 
@@ -472,7 +472,7 @@ def kpp_step(p, wf, closest, cum, u, near, centres, m):
     return best
 
 
-@kernel("(uint8[:, ::1], uint8[::1], uint8[::1], int64, int64)", **_OPTS)
+@kernel("(uint8[:, ::1], uint8[::1], uint8[::1], int64, int64)", inputs=(0, 1), **_OPTS)
 def _label_range(flat, lut, out, start, stop):
     """out[i] = lut[24-bit key of pixel i] for i in start..stop-1."""
     for i in range(start, stop):

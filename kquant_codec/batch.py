@@ -266,16 +266,18 @@ def _init_pool_worker(interruptible: bool) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def _submit(executor: ProcessPoolExecutor, fn: Callable, *args: Any) -> Any:
-    """``executor.submit(fn, *args)``, with SIGINT blocked meanwhile: submit() may start a worker,
-    and a Ctrl-C to the process group that lands while it starts up would kill it with a traceback before its
-    initializer makes it ignore SIGINT. The blocked mask survives fork and exec, so the worker starts with
-    SIGINT held back until its initializer ignores it; ours stays pending and is raised right after."""
+def _submit(executor: ProcessPoolExecutor, inflight: dict, key: Any, fn: Callable, *args: Any) -> None:
+    """``inflight[executor.submit(fn, *args)] = key``, with SIGINT blocked meanwhile: submit() may start a
+    worker, and a Ctrl-C to the process group that lands while it starts up would kill it with a traceback
+    before its initializer makes it ignore SIGINT. The blocked mask survives fork and exec, so the worker
+    starts with SIGINT held back until its initializer ignores it. Ours stays pending and is raised when the
+    mask is restored, after the future is recorded in ``inflight`` (so the interrupt handling sees it)."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        return executor.submit(fn, *args)
+        inflight[executor.submit(fn, *args)] = key
+        return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        return executor.submit(fn, *args)
+        inflight[executor.submit(fn, *args)] = key
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
@@ -556,7 +558,7 @@ def _run_pool(tasks: list[_Task], jobs: int, report: Callable[..., None]) -> Non
                 while pending and len(inflight) < jobs:
                     task = pending.popleft()
                     try:
-                        inflight[_submit(executor, _pool_process, task)] = task
+                        _submit(executor, inflight, task, _pool_process, task)
                     except BrokenProcessPool:
                         pending.appendleft(task)
                         broken = True

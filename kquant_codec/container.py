@@ -790,7 +790,7 @@ def plane_keys(header: KqHeader) -> list[np.ndarray]:
 
 
 def labels_to_context_stream(labels: np.ndarray, header: KqHeader, use_ref: bool = True) -> bytes:
-    """Labels (quantizer layout) -> a codec-3 label stream. Imports numba (``label_coder``) on first use.
+    """Labels (quantizer layout) -> a codec-3 label stream. Imports ``label_coder`` (and its kernels) on first use.
 
     use_ref : code planes 1.. of global/channel layouts with the previous plane as reference.
     """
@@ -834,7 +834,7 @@ def _checked_planes(planes: list[np.ndarray], header: KqHeader) -> np.ndarray:
 def labels_to_predictive_stream(labels: np.ndarray, header: KqHeader) -> bytes:
     """Labels (quantizer layout, (H, W, C)) of a global/channel header -> a codec-4 label stream (section 17).
 
-    Imports numba (``predictive_coder``) on first use. Raises ``ValueError`` for an rgb header: codec 4 needs
+    Imports ``predictive_coder`` (and its kernels) on first use. Raises ``ValueError`` for an rgb header: codec 4 needs
     tables sorted ascending, which only the global and channel layouts guarantee.
     """
     from . import predictive_coder

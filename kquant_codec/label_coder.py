@@ -178,14 +178,14 @@ def _midpoint_label(keys, ksort, L, T):
 
 
 # The argument types of the one specialization both directions use (built ahead of time with them):
-# dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w0, w1, ref, has_ref.
+# dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w0, w1, ref, has_ref (out and avg written).
 _STRIPE_SIGNATURE = (
     "(boolean, uint8[:, ::1], int64[::1], uint8[:, ::1], int64, uint8[:, ::1], uint8[:, ::1], int32[:, ::1],"
     " int64[::1], int16[:, ::1], uint16[::1], int64, int64, uint8[:, ::1], boolean)"
 )
 
 
-@kernel(_STRIPE_SIGNATURE, nogil=True)
+@kernel(_STRIPE_SIGNATURE, inputs=(1, 2, 5, 6, 7, 8, 10, 13), nogil=True)
 def _stripe_kernel(dec, lab, copyd, out, m, R, order, keys, ksort, avg, words, w0, w1, ref, has_ref):
     """Code one stripe. lab: (H, W) uint8 input (encoder) ; out: (H, W) uint8 output (decoder).
     words: uint16 stream for the decoder, words[w0:w1]. Returns (status, st, fr, nsym)."""

@@ -293,14 +293,14 @@ def _code_run(dec, L, left, rctx, nrun, qr, x, pos, words, w1, st, fr, k):
 
 
 # The argument types of the one specialization both directions use (built ahead of time with them):
-# dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_ref, exact.
+# dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_ref, exact (out and res_out written).
 _STRIPE_SIGNATURE = (
     "(boolean, uint8[:, ::1], uint8[:, ::1], int16[:, ::1], int64, uint16[::1], int64, int64, uint8[:, ::1],"
     " int16[:, ::1], boolean, boolean)"
 )
 
 
-@kernel(_STRIPE_SIGNATURE, nogil=True)
+@kernel(_STRIPE_SIGNATURE, inputs=(1, 5, 8, 9), nogil=True)
 def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_ref, exact):
     """Code one stripe. lab: (S, W) uint8 labels (encoder); out: (S, W) uint8 (decoder); res_out: (S, W) int16
     residuals (both sides; the next plane's reference residuals). words[w0:w1]: the decoder's words.

@@ -407,7 +407,9 @@ def test_a_worker_starting_up_survives_ctrl_c():
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
             initializer=batch._init_pool_worker, initargs=(True,),
         )
-        future = batch._submit(executor, os.getpid)
+        inflight = {}
+        batch._submit(executor, inflight, "key", os.getpid)
+        ((future, key),) = inflight.items()
         (child,) = multiprocessing.active_children()
         for _ in range(5):  # while it starts Python and imports the package
             os.kill(child.pid, signal.SIGINT)

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -148,18 +147,24 @@ def test_arguments_are_checked_against_the_signature():
     """An ahead-of-time kernel reads raw memory: a wrong dtype, a strided view or a float must be refused
     before the call (numba's own wrapper would let them through)."""
     calls = []
-    k = _native.Kernel(lambda a, n, flag: None, {}, "(uint8[:, ::1], int64, boolean)")
+    k = _native.Kernel(lambda a, b, n, flag: None, {}, "(uint8[:, ::1], int32[::1], int64, boolean)", inputs=(1,))
     checked = _native._checked(lambda *args: calls.append(args) or "done", k)
-    good = np.zeros((3, 4), np.uint8)
-    assert checked(good, np.int64(2), True) == "done"
-    assert checked(good, 2, np.bool_(False)) == "done"
+    good, ints = np.zeros((3, 4), np.uint8), np.zeros(5, np.int32)
+    frozen, frozen_ints = good.copy(), ints.copy()
+    frozen.flags.writeable = frozen_ints.flags.writeable = False
+    unaligned = np.frombuffer(bytearray(21), np.int32, count=5, offset=1)
+    assert checked(good, ints, np.int64(2), True) == "done"
+    assert checked(good, frozen_ints, 2, np.bool_(False)) == "done"  # an input: read only is fine
+    expected_0 = "argument 0: expected an aligned C-contiguous writable uint8 2-D array"
     for bad, what in [
-        ((good.astype(np.int32), 2, True), "argument 0: expected a C-contiguous uint8 2-D array, got int32 2-D"),
-        ((good[:, ::2], 2, True), "argument 0"),
-        ((good[0], 2, True), "argument 0"),
-        ((good, 2.5, True), "argument 1: expected int64, got float"),
-        ((good, 2, 1), "argument 2: expected bool, got int"),
-        ((good, 2), "takes 3 arguments, got 2"),
+        ((good.astype(np.int32), ints, 2, True), f"{expected_0}, got int32 2-D array"),
+        ((good[:, ::2], ints, 2, True), f"{expected_0}, got strided uint8 2-D array"),
+        ((good[0], ints, 2, True), f"{expected_0}, got uint8 1-D array"),
+        ((frozen, ints, 2, True), f"{expected_0}, got read-only uint8 2-D array"),
+        ((good, unaligned, 2, True), "argument 1: expected an aligned C-contiguous int32 1-D array, got unaligned"),
+        ((good, ints, 2.5, True), "argument 2: expected int64, got float"),
+        ((good, ints, 2, 1), "argument 3: expected bool, got int"),
+        ((good, ints, 2), "takes 4 arguments, got 3"),
     ]:
         with pytest.raises(TypeError, match=re.escape(what)):
             checked(*bad)
@@ -236,21 +241,96 @@ def test_built_kernels_release_the_gil():
     assert ratio > 0.2, f"the other thread ran at {ratio:.0%} of its speed while the kernel ran"
 
 
-def test_kernel_objects_resolve_once_from_many_threads():
-    from kquant_codec import label_coder
+def test_a_kernel_resolves_once_when_many_threads_call_it_first():
+    out = _run(
+        """
+        import threading
+        import numpy as np
+        from kquant_codec import _native, label_coder
+        calls, real = [], _native.backend
+        _native.backend = lambda: calls.append(1) or real()
+        barrier, results = threading.Barrier(8), []
+        def call():
+            barrier.wait()
+            st, fr = np.zeros(8, np.uint16), np.full(8, 1 << 14, np.uint16)
+            results.append(label_coder._rans_encode(st, fr, 8).tobytes())
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(len(calls), len(results), len(set(results)))
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "8", "1"]
 
-    st, fr = np.zeros(8, np.uint16), np.full(8, 1 << 14, np.uint16)
-    results, errors = [], []
 
-    def call():
+def test_backend_errors_say_what_is_missing():
+    """No usable build and no numba: an ImportError naming both reasons; a build that fails to load in another
+    way than ImportError (a source file missing in a frozen app, say) is passed over with its reason."""
+    out = _run(
+        """
+        import sys
+        sys.modules["numba"] = None  # as if numba were not installed
+        from kquant_codec import _native
         try:
-            results.append(label_coder._rans_encode(st.copy(), fr.copy(), 8).tobytes())
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+            _native.backend()
+        except ImportError as exc:
+            print(exc)
+        """,
+        KQUANT_KERNELS="jit",
+    )
+    assert out.stdout.startswith(
+        "no compiled kernels: the ahead-of-time build is unusable (KQUANT_KERNELS=jit) and numba does not import"
+    ), out.stdout + out.stderr
+    out = _run(
+        """
+        from kquant_codec import _native
+        def gone():
+            raise FileNotFoundError("label_coder.py")
+        _native.fingerprint = gone
+        print(_native.backend(), "|", _native.why_not_aot())
+        """
+    )
+    assert out.stdout.strip() == "jit | unusable (FileNotFoundError: label_coder.py)", out.stderr
 
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(set(results)) == 1
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_while_another_thread_resolves_kernels_does_not_deadlock_the_child():
+    out = _run(
+        """
+        import os, threading, time
+        from kquant_codec import _native
+        held, release = threading.Event(), threading.Event()
+        def hold():
+            with _native._lock:
+                held.set()
+                release.wait()
+        threading.Thread(target=hold, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            _native.backend()  # would wait forever on the copied, held lock
+            os._exit(0)
+        release.set()
+        for _ in range(300):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print(os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            print("deadlocked")
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
+
+
+def test_built_kernels_take_the_options_the_build_compiles_with():
+    """The build compiles every exported kernel with njit(nogil=True, boundscheck=False)'s flags."""
+    from kquant_codec import _rgb_kernels, label_coder, predictive_coder  # noqa: F401  (registers them)
+
+    for k in _native.registry():
+        if k.signature is not None:
+            assert {**k.options, "boundscheck": False} == {"nogil": True, "boundscheck": False}, k
