@@ -506,11 +506,11 @@ def _run_ranges(fn, n: int, *args, min_range: int = _MIN_RANGE) -> list:
             results[i] = fn(*args, *ranges[i])
 
     pool = _helper_pool()
-    helpers: list[_HelperTask] = []
+    helpers = [_HelperTask(work) for _ in range(threads - 1)]  # known before queued: none can be orphaned
     error: BaseException | None = None
     try:
-        for _ in range(threads - 1):
-            helpers.append(pool.submit(work))
+        for helper in helpers:
+            pool.put(helper)
         work()
     except BaseException as exc:  # (Ctrl-C included) the helpers still write our arrays: wait for them first
         error = exc
@@ -577,13 +577,16 @@ class _HelperPool:
 
     def submit(self, fn: Callable[[], Any]) -> _HelperTask:
         task = _HelperTask(fn)
+        self.put(task)
+        return task
+
+    def put(self, task: _HelperTask) -> None:
         self._queue.put(task)
         with self._lock:
             if len(self._threads) < self._size:
                 thread = threading.Thread(target=self._serve, name=f"kq-ranges_{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
-        return task
 
     def _serve(self) -> None:
         while True:
