@@ -41,7 +41,7 @@ CHOICES = ("auto", "aot", "jit")
 
 _lock = threading.RLock()
 _registry: list[Kernel] = []
-_state: dict[str, Any] = {}  # "backend": "aot" | "jit"; "module": the extension module; "why_not_aot": str
+_state: dict[str, Any] = {}  # "backend": "aot" | "jit"; "modules": the extension modules; "why_not_aot": str
 
 
 class Kernel:

@@ -293,11 +293,11 @@ def test_numba_engine_from_many_threads(flower):
 
 
 def test_ranges_come_back_in_order_and_the_caller_works_alone_when_helpers_are_busy(monkeypatch):
-    """``_run_ranges``: results in range order covering 0..n; with every helper thread busy elsewhere the
+    """``run_ranges``: results in range order covering 0..n; with every helper thread busy elsewhere the
     calling thread does all the ranges itself instead of waiting."""
     import threading
 
-    from kquant_codec import _rgb_kernels as K
+    from kquant_codec import _ranges as K
 
     monkeypatch.setattr(K, "_threads", lambda: 3)
     monkeypatch.setattr(K, "_HELPERS", [])  # a pool of 2 helpers, made under the patched thread count
@@ -307,15 +307,15 @@ def test_ranges_come_back_in_order_and_the_caller_works_alone_when_helpers_are_b
         workers.append(threading.get_ident())
         return tag, start, stop
 
-    n = 5 * K._MIN_RANGE + 7
-    out = K._run_ranges(part, n, "t")
+    n = 5 * K.MIN_RANGE + 7
+    out = K.run_ranges(part, n, "t")
     assert out[0][1] == 0 and out[-1][2] == n and len(out) == 12
     assert all(a[2] == b[1] for a, b in zip(out, out[1:], strict=False))
     gate = threading.Event()
     blockers = [K._helper_pool().submit(lambda: gate.wait(60)) for _ in range(2)]
     try:
         workers.clear()
-        assert K._run_ranges(part, n, "t") == out
+        assert K.run_ranges(part, n, "t") == out
         assert set(workers) == {threading.get_ident()}
     finally:
         gate.set()
@@ -326,22 +326,22 @@ def test_helper_threads_never_hold_up_the_exit_of_the_process(monkeypatch):
     """The helper pool's threads are daemon threads: with ThreadPoolExecutor's, a Ctrl-C landing while the
     pool started a thread left that thread unknown to the executor's exit hook, and a ``kquant batch`` worker
     then waited for it forever at exit."""
-    from kquant_codec import _rgb_kernels as K
+    from kquant_codec import _ranges as K
 
     monkeypatch.setattr(K, "_threads", lambda: 3)
     monkeypatch.setattr(K, "_HELPERS", [])
-    K._run_ranges(lambda start, stop: stop - start, 5 * K._MIN_RANGE)
+    K.run_ranges(lambda start, stop: stop - start, 5 * K.MIN_RANGE)
     threads = K._helper_pool()._threads
     assert len(threads) == 2 and all(t.daemon and t.is_alive() for t in threads)
 
 
 def test_a_failing_range_fails_the_call_after_every_helper_has_stopped(monkeypatch):
-    """An exception in one range (whichever thread runs it) comes out of ``_run_ranges``, and only once no
+    """An exception in one range (whichever thread runs it) comes out of ``run_ranges``, and only once no
     range is still running: the ranges write the caller's arrays."""
     import threading
     import time
 
-    from kquant_codec import _rgb_kernels as K
+    from kquant_codec import _ranges as K
 
     monkeypatch.setattr(K, "_threads", lambda: 3)
     monkeypatch.setattr(K, "_HELPERS", [])
@@ -360,7 +360,7 @@ def test_a_failing_range_fails_the_call_after_every_helper_has_stopped(monkeypat
                 running[0] -= 1
 
     with pytest.raises(ValueError, match="range 0 failed"):
-        K._run_ranges(part, 6 * K._MIN_RANGE)
+        K.run_ranges(part, 6 * K.MIN_RANGE)
     assert running[0] == 0
 
 
@@ -369,14 +369,14 @@ def test_a_forked_child_gets_its_own_range_helpers():
     out = _run(
         """
         import os
-        from kquant_codec import _rgb_kernels as K
+        from kquant_codec import _ranges as K
         K._threads = lambda: 2
         part = lambda start, stop: (start, stop)
-        n = 4 * K._MIN_RANGE
-        parent = K._run_ranges(part, n)
+        n = 4 * K.MIN_RANGE
+        parent = K.run_ranges(part, n)
         pid = os.fork()
         if pid == 0:
-            same = K._run_ranges(part, n) == parent
+            same = K.run_ranges(part, n) == parent
             os._exit(0 if same and K._HELPERS[0][0] == os.getpid() else 3)
         _, status = os.waitpid(pid, 0)
         print(os.waitstatus_to_exitcode(status))
