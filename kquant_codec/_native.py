@@ -204,8 +204,13 @@ def why_not_aot() -> str | None:
     return _state.get("why_not_aot")
 
 
+def _wanted() -> str:
+    """``KQUANT_KERNELS``, normalised ("auto" when unset or empty); not validated."""
+    return os.environ.get(ENV, "").strip().lower() or "auto"
+
+
 def _choose() -> str:
-    want = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    want = _wanted()
     if want not in CHOICES:
         raise ValueError(f"{ENV} must be one of {', '.join(CHOICES)}, got {want!r}")
     if _aot_modules() is not None:
@@ -233,7 +238,7 @@ def _aot_modules() -> dict[str, Any] | None:
     with _lock:
         if "modules" not in _state:
             _state["modules"] = None
-            if os.environ.get(ENV, "").strip().lower() == "jit":
+            if _wanted() == "jit":
                 _state["why_not_aot"] = f"{ENV}=jit"
                 return None
             try:
