@@ -9,8 +9,8 @@ those pixels. Columns (bytes): ``kq`` (``img.save(..., format="KQ")`` of the qua
 lossless, method 6, quality 100), ``jxl`` (``cjxl -d 0 -e 9``), ``H|left`` (bytes of an ideal static coder
 of a label given its left neighbour). Ratios are kq / reference. Times are wall-clock seconds (encode: one
 run; decode: best of 3). Then global and channel modes vs WebP, a 12-megapixel encode/decode timing against
-Pillow's palette-PNG decode of the same pixels, and the first decode in a fresh process (with the kernels as
-installed, and with numba's JIT on an empty cache).
+the decode of the same pixels as Pillow's palette PNG, WebP lossless and JPEG XL (djxl, when installed), and
+the first decode in a fresh process (with the kernels as installed, and with numba's JIT on an empty cache).
 Only the public API (Pillow plugin, ``KMeansQuantize``, ``read_kq``) is used.
 """
 
@@ -145,6 +145,32 @@ def left_entropy(labels: np.ndarray) -> float:
     return bits / 8
 
 
+def jxl_decode_12mp(png: bytes, megapixels: float, kq_size: int, kq_dec: float) -> str | None:
+    """One line on JPEG XL lossless of the 12 MP pixels: size and djxl's in-process decode time. Effort 7, not
+    the table's 9: effort 9 takes minutes at this size, and the decoder's speed is what is measured here."""
+    if shutil.which("cjxl") is None or shutil.which("djxl") is None:
+        print("note: cjxl/djxl not found (Debian package libjxl-tools): JPEG XL decode is skipped")
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "in.png"), os.path.join(d, "out.jxl")
+        with open(src, "wb") as f:
+            f.write(png)
+        t = time.perf_counter()
+        subprocess.run(["cjxl", src, dst, "-d", "0", "-e", "7"], check=True, capture_output=True)
+        enc = time.perf_counter() - t
+        run = subprocess.run(["djxl", dst, "--num_reps=3"], check=True, capture_output=True, text=True)
+        size = os.path.getsize(dst)
+    # djxl prints e.g. "4000 x 3000, geomean: 20.5 MP/s [19.9, 21.0], 3 reps, 2 threads."
+    line = [x for x in (run.stdout + run.stderr).splitlines() if "MP/s" in x][-1]
+    best_rate = float(line.split("[")[1].split(",")[1].rstrip("]"))
+    seconds = megapixels / best_rate
+    threads = line.split(", ")[-1].rstrip(".")
+    return (
+        f"JPEG XL lossless (cjxl -e 7, {enc:.1f} s) {size} bytes: djxl decode {seconds:.3f} s ({threads})"
+        f" -> kq/JXL {kq_size / size:.3f} in size, {kq_dec / seconds:.2f} in decode time"
+    )
+
+
 def cold_decode_seconds(data: bytes, env: dict[str, str]) -> tuple[float, float]:
     """Decode time of ``data`` in a fresh process with an empty numba cache and ``env`` (first-ever call),
     then in a second fresh process (the cache filled)."""
@@ -245,10 +271,13 @@ def main() -> None:
 
 
 def twelve_megapixels(photo: Image.Image) -> None:
-    """Encode and decode a 12 MP quantized photo; compare with Pillow's palette-PNG decode of the same pixels.
+    """Encode and decode a 12 MP quantized photo; compare with the decode of the same pixels as Pillow's palette
+    PNG (the issue's yardstick), WebP lossless and JPEG XL.
 
     The photo is upscaled (bicubic) to 4000 x 3000 and then quantized, so rows do not repeat (a tiled
-    mosaic would let PNG's deflate, and .kq's PNG fallback, copy whole tiles).
+    mosaic would let PNG's deflate, and .kq's PNG fallback, copy whole tiles). Decode times are the best of 3
+    in this process (djxl: its own best of 3 repetitions, ``--num_reps``), on every core the decoder uses:
+    ``.kq`` and djxl decode on all cores, Pillow's PNG and WebP decoders on one.
     """
     print("\n## 12 megapixels (china upscaled to 4000 x 3000, quantized at k = 256)\n")
     big = photo.resize((4000, 3000), Image.Resampling.BICUBIC)
@@ -262,10 +291,27 @@ def twelve_megapixels(photo: Image.Image) -> None:
     png_dec = best_of(lambda: load(png, "PNG"))
     png_rgb = best_of(lambda: Image.open(io.BytesIO(png), formats=["PNG"]).convert("RGB"))
     info = kq.kq_info(data)
-    print(f"quantize {quantize:.2f} s; kq {len(data)} bytes ({info.payload}, codec {info.codec}), encode {enc:.2f} s")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(
+        f"{cores} cores; quantize {quantize:.2f} s; kq {len(data)} bytes ({info.payload}, codec {info.codec}), "
+        f"encode {enc:.2f} s"
+    )
     print(f"kq decode (Image.open + load, RGB) {kq_dec:.3f} s")
     print(f"Pillow palette PNG {len(png)} bytes: decode (P) {png_dec:.3f} s, decode + convert to RGB {png_rgb:.3f} s")
     print(f"kq decode / PNG decode = {kq_dec / png_dec:.2f} (P), {kq_dec / png_rgb:.2f} (RGB)")
+    buf = io.BytesIO()
+    t = time.perf_counter()
+    big_img.save(buf, "WEBP", lossless=True, method=6, quality=100)
+    webp_enc = time.perf_counter() - t
+    webp = buf.getvalue()
+    webp_dec = best_of(lambda: load(webp, "WEBP"))
+    print(
+        f"WebP lossless (method 6) {len(webp)} bytes, encode {webp_enc:.1f} s: decode (RGB) {webp_dec:.3f} s"
+        f" -> kq/WebP {len(data) / len(webp):.3f} in size, {kq_dec / webp_dec:.2f} in decode time"
+    )
+    jxl = jxl_decode_12mp(png, big_img.width * big_img.height / 1e6, len(data), kq_dec)
+    if jxl:
+        print(jxl)
     small = kq_bytes(photo.filter(kq.KMeansQuantize(16, "rgb")))[0]
     print("\nfirst decode in a fresh process (empty numba cache), a 0.27 MP .kq, then a second process:")
     cold, warm = cold_decode_seconds(small, {})
