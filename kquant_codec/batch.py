@@ -654,11 +654,27 @@ def _run_dask(tasks: list[_Task], address: str, report: Callable[[_Task, FileRes
 # --- the public entry point ------------------------------------------------------------------------------
 
 
+def encode_options(k: int | None, mode: str | None, seed: int, alpha: str | None) -> dict:
+    """The KQ writer's options for ``kquant encode`` (and ``kquant batch``): with neither ``-k`` nor ``--mode``
+    none at all, so that the image is stored exactly; ``-k`` alone quantizes in rgb mode, ``--mode`` alone at
+    k=256 (``encode_image``'s rules)."""
+    options: dict = {}
+    if k is not None:
+        options["k"] = k
+    if mode is not None:
+        options["mode"] = mode
+    if k is not None or mode is not None:
+        options["seed"] = seed
+    if alpha is not None:
+        options["alpha"] = alpha
+    return options
+
+
 def _check_params(k: Any, mode: Any, seed: Any, jobs: Any) -> None:
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 256):
         raise ValueError(f"k must be an integer from 1 to 256 or None, got {k!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)} or None, got {mode!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
@@ -696,7 +712,7 @@ def run_batch(
     output_dir: str | os.PathLike,
     *,
     k: int | None = None,
-    mode: str = "rgb",
+    mode: str | None = None,
     seed: int = 0,
     palette: str | os.PathLike | None = None,
     decode: bool = False,
@@ -711,7 +727,7 @@ def run_batch(
 
     k, mode, seed : as ``kquant encode`` (k=None: what ``kquant encode`` does without ``-k``). palette : a
     palette file applied to every image instead of learning one (``encode_image(img, palette=...)``; needs
-    k=None and mode="rgb"). decode : ``.kq`` -> PNG instead. jobs :
+    k=None and mode None or "rgb"). decode : ``.kq`` -> PNG instead. jobs :
     worker processes (0: one per core; 1: in this process). scheduler : a Dask scheduler address to run
     on instead of local processes. force : encode everything again. progress : a tqdm bar on stderr.
     summary_path : where the JSON summary goes (default ``output_dir/kquant-batch.json``). log : receives
@@ -732,9 +748,9 @@ def run_batch(
         raise BatchError(f"refusing to write into {output_dir}: it is or contains the input folder", "output")
     if out_dir.exists() and not out_dir.is_dir():
         raise BatchError(f"{output_dir}: exists and is not a folder", "output")
-    if decode and (palette is not None or k is not None):
-        raise BatchError("-k and --palette apply to encoding, not to --decode", "usage")
-    if palette is not None and (k is not None or mode != "rgb"):
+    if decode and (palette is not None or k is not None or mode is not None):
+        raise BatchError("-k, --mode and --palette apply to encoding, not to --decode", "usage")
+    if palette is not None and (k is not None or mode not in (None, "rgb")):
         raise BatchError("--palette replaces -k and works in rgb mode only: drop -k and --mode", "usage")
     suffix = ".png" if decode else ".kq"
     if decode:
@@ -743,10 +759,10 @@ def run_batch(
         pal = None
     else:
         pal = _load_palette(palette) if palette is not None else None
-        params = {"direction": "encode", "k": k, "mode": mode, "seed": seed, "alpha": "keep"}
+        params = {"direction": "encode", "k": k, "mode": mode, "seed": seed, "alpha": None}
         if pal is None:
             # Exactly the options cmd_encode gives the KQ writer.
-            options = (("mode", mode), ("seed", seed), ("alpha", "keep")) + ((("k", k),) if k is not None else ())
+            options = tuple(encode_options(k, mode, seed, None).items())
             params["palette_sha256"] = None
         else:
             # encode_image(img, palette=pal), i.e. img.save(path, "KQ", palette=pal): nothing is learned,

@@ -107,18 +107,18 @@ def _fmt_ratio(x: float) -> str:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     import kquant_codec as kq
+    from kquant_codec.batch import encode_options
     from kquant_codec.pixels import SUPPORTED_MODES
 
     img = _open_input(args.input)
-    if img.mode not in SUPPORTED_MODES:  # an input problem (exit 3), not a failure to write the output
+    options = encode_options(args.k, args.mode, args.seed, args.alpha)
+    quantizing = args.k is not None or args.mode is not None or args.palette is not None
+    if quantizing and img.mode not in SUPPORTED_MODES:  # an input problem (exit 3), not a failed write
         raise CliError(
             f"{args.input}: cannot quantize image mode {img.mode!r}; supported: {', '.join(SUPPORTED_MODES)}",
             EXIT_INPUT,
         )
     start = time.perf_counter()
-    options = {"mode": args.mode, "seed": args.seed, "alpha": args.alpha}
-    if args.k is not None:
-        options["k"] = args.k
     if args.palette is not None:  # a shared palette: every pixel its nearest palette colour, nothing learned
         from kquant_codec.quantize import check_palette_options
 
@@ -127,7 +127,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         except (ValueError, OSError) as exc:
             raise CliError(f"--palette {args.palette}: {exc}", EXIT_INPUT) from None
         try:
-            check_palette_options(options["palette"], args.k, args.mode, args.alpha)
+            check_palette_options(options["palette"], args.k, args.mode or "rgb", args.alpha or "keep")
         except ValueError as exc:
             raise CliError(f"--palette: {exc}", EXIT_USAGE) from None
         try:
@@ -164,7 +164,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     import kquant_codec as kq
     from kquant_codec.measure import png_bytes
 
-    _open_input(args.input)  # proves the whole file decodes (CRC included) before we report on it
+    img = _open_input(args.input)  # proves the whole file decodes (CRC included) before we report on it
+    if img.format != "KQ":
+        raise CliError(f"{args.input}: not a .kq file (a {img.format} image)", EXIT_INPUT)
     info = kq.kq_info(args.input)
     facts = dataclasses.asdict(info)
     from PIL import Image
@@ -418,9 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("input", help="any image Pillow can read")
     enc.add_argument("output", help="the .kq file to write")
     enc.add_argument("-k", type=_k_value, default=None, help="number of centroids, 1..256 (default: lossless)")
-    enc.add_argument("--mode", choices=MODES, default="rgb", help="quantization mode (default: rgb)")
+    enc.add_argument(
+        "--mode", choices=MODES, default=None, help="quantization mode (default: rgb when -k is given; else lossless)"
+    )
     enc.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
-    enc.add_argument("--alpha", choices=("keep", "quantize"), default="keep", help="alpha kept exact or quantized")
+    enc.add_argument(
+        "--alpha", choices=("keep", "quantize"), default=None, help="alpha kept exact (default) or quantized"
+    )
     enc.add_argument("--force", action="store_true", help="overwrite an existing output")
     enc.add_argument("--palette", metavar="FILE", help="map to this palette (.gpl, .act, .kq, ...) instead of learning")
     enc.set_defaults(func=cmd_encode)
@@ -462,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("input_dir", help="folder of images (searched recursively)")
     batch.add_argument("output_dir", help="folder for the outputs, same tree (a/b.png -> a/b.kq)")
     batch.add_argument("-k", type=_k_value, default=None, help="number of centroids, 1..256 (as kquant encode)")
-    batch.add_argument("--mode", choices=MODES, default="rgb", help="quantization mode (default: rgb)")
+    batch.add_argument(
+        "--mode", choices=MODES, default=None, help="quantization mode (default: rgb when -k is given; else lossless)"
+    )
     batch.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
     batch.add_argument("--jobs", type=int, default=1, help="worker processes (default 1; 0: one per core)")
     batch.add_argument("--palette", metavar="FILE", help="apply this shared palette instead of learning one")

@@ -77,6 +77,16 @@ def test_outputs_are_what_kquant_encode_writes(tree, tmp_path):
     assert summary["parameters"]["k"] == 8 and summary["parameters"]["seed"] == 3
 
 
+def test_without_k_or_mode_every_image_is_stored_exactly(tree, tmp_path):
+    """No -k, no --mode: lossless, as ``kquant encode`` without them (the photos have thousands of colours)."""
+    out = tmp_path / "out"
+    assert _cli("batch", str(tree), str(out), "--no-progress") == 0
+    for rel, ext in [("a.png", ".kq"), ("sub/b.jpg", ".kq"), ("sub/deeper/c.png", ".kq"), ("pal.gif", ".kq")]:
+        with Image.open(tree / rel) as src, Image.open(out / Path(rel).with_suffix(ext)) as got:
+            assert got.mode == src.mode and got.tobytes() == src.tobytes(), rel
+    assert _cli("batch", str(tree), str(tmp_path / "x"), "--decode", "--mode", "rgb", "--no-progress") == 2
+
+
 def test_process_pool_and_decode_match_the_single_file_commands(tree, tmp_path):
     """--jobs 2 (spawned workers) gives the serial bytes; --decode gives what ``kquant decode`` writes."""
     serial, pooled = tmp_path / "serial", tmp_path / "pooled"

@@ -52,6 +52,27 @@ def test_encode_decode_info_roundtrip(tmp_path, photo):
     assert facts["ratio_vs_png"] > 0
 
 
+def test_encode_without_k_or_mode_stores_the_image_exactly(tmp_path, photo):
+    """No -k and no --mode: the pixels as they are, whatever their colour count or depth (README)."""
+    source = Image.open(photo)
+    assert len(source.getcolors(1 << 24)) > 256  # too many colours for a palette: nothing may be quantized
+    kq = tmp_path / "exact.kq"
+    r = run("encode", str(photo), str(kq))
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(kq)), np.asarray(source))
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 19).save(deep)
+    r = run("encode", str(deep), str(tmp_path / "deep.kq"))
+    assert r.returncode == 0, r.stderr
+    back = Image.open(tmp_path / "deep.kq")
+    assert back.mode == "I;16" and back.tobytes() == Image.open(deep).tobytes()
+    # --mode alone quantizes at k=256 in that mode, as img.save(..., mode=...) does
+    r = run("encode", str(photo), str(tmp_path / "g.kq"), "--mode", "global")
+    assert r.returncode == 0, r.stderr
+    expected = source.convert("RGB").filter(kquant_codec.KMeansQuantize(256, mode="global"))
+    assert Image.open(tmp_path / "g.kq").tobytes() == expected.tobytes()
+
+
 @pytest.mark.parametrize("mode", ["global", "channel"])
 def test_encode_other_modes(tmp_path, photo, mode):
     kq = tmp_path / f"{mode}.kq"
@@ -111,6 +132,7 @@ def test_never_writes_onto_its_input(tmp_path, photo):
         (("encode", "notimage.txt", "x.kq"), 3),
         (("encode", "deep.png", "x.kq", "-k", "8"), 3),  # 16-bit: an input the quantizer cannot take
         (("info", "notimage.txt"), 3),
+        (("info", "photo.png"), 3),  # an image, but not a .kq file
         (("encode", "photo.png", "x.kq", "-k", "300"), 2),
         (("encode", "photo.png", "x.kq", "--mode", "lab"), 2),
         (("decode", "photo.png", "out.unknownext"), 2),
