@@ -56,6 +56,7 @@ import numpy as np
 
 import kquant_codec as kq
 from kquant_codec.interrupts import interrupt_seen, note_interrupt, noting_sigint
+from kquant_codec.quantizer import check_seed
 from kquant_codec.safe_write import atomic_output
 
 __all__ = ["BatchError", "BatchSummary", "FileResult", "run_batch", "SUMMARY_NAME", "STATE_NAME"]
@@ -675,8 +676,7 @@ def _check_params(k: Any, mode: Any, seed: Any, jobs: Any) -> None:
         raise ValueError(f"k must be an integer from 1 to 256 or None, got {k!r}")
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)} or None, got {mode!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
         raise ValueError(f"jobs must be an integer >= 0 (0: one per core), got {jobs!r}")
 

@@ -410,6 +410,16 @@ def _k_value(text: str) -> int:
     return k
 
 
+def _seed_value(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {seed}")
+    return seed
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kquant", description="k-means colour quantization and the compact .kq palette image format"
@@ -423,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument(
         "--mode", choices=MODES, default=None, help="quantization mode (default: rgb when -k is given; else lossless)"
     )
-    enc.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
+    enc.add_argument("--seed", type=_seed_value, default=0, help="k-means++ seed (default: 0)")
     enc.add_argument(
         "--alpha", choices=("keep", "quantize"), default=None, help="alpha kept exact (default) or quantized"
     )
@@ -446,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("input", nargs="?", help="image to measure (default: china.jpg from scikit-learn)")
     bench.add_argument("-k", type=_k_value, nargs="+", default=[2, 4, 8, 16, 32, 64, 128, 256])
     bench.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=_seed_value, default=0)
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=cmd_bench)
 
@@ -459,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("input", nargs="?", help="image to report on (default: china.jpg from scikit-learn)")
     report.add_argument("-o", "--output", required=True, help="folder for index.html and the figures")
     report.add_argument("-k", type=_k_value, nargs="+", default=[1, 2, 4, 8, 16, 32], help="the k values")
-    report.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
+    report.add_argument("--seed", type=_seed_value, default=0, help="k-means++ seed (default: 0)")
     report.add_argument("--force", action="store_true", help="overwrite the report files of an earlier run")
     report.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     report.set_defaults(func=cmd_report)
@@ -471,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--mode", choices=MODES, default=None, help="quantization mode (default: rgb when -k is given; else lossless)"
     )
-    batch.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
+    batch.add_argument("--seed", type=_seed_value, default=0, help="k-means++ seed (default: 0)")
     batch.add_argument("--jobs", type=int, default=1, help="worker processes (default 1; 0: one per core)")
     batch.add_argument("--palette", metavar="FILE", help="apply this shared palette instead of learning one")
     batch.add_argument("--decode", action="store_true", help="the other way: every .kq under INPUT_DIR -> PNG")
@@ -487,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     pal_learn.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     pal_learn.add_argument("-k", type=_k_value, default=64, help="most palette colours, 1..256 (default: 64)")
     pal_learn.add_argument("-o", "--output", required=True, help="palette file to write: .gpl or .act")
-    pal_learn.add_argument("--seed", type=int, default=0, help="k-means++ seed (default: 0)")
+    pal_learn.add_argument("--seed", type=_seed_value, default=0, help="k-means++ seed (default: 0)")
     pal_learn.add_argument("--force", action="store_true", help="overwrite an existing output")
     pal_show = pal_sub.add_parser("show", help="list a palette's colours: index, hex, r g b")
     pal_show.add_argument("file", help="palette file: .gpl, .act, .kq (rgb mode), palette .png/.gif")

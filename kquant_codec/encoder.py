@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import lzma
-import numbers
 import threading
 import zlib
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -51,7 +50,7 @@ from .container import (
 from .decoder import png_payload_image
 from .pixels import SUPPORTED_MODES, as_palette_image, few_colours, split_image
 from .quantize import QuantizedImage, check_alpha, fit_image
-from .quantizer import check_k, check_mode, value_histogram
+from .quantizer import check_k, check_mode, check_seed, value_histogram
 
 __all__ = ["encode_image", "SAVE_OPTIONS"]
 
@@ -70,8 +69,7 @@ def _check_options(k: Any, mode: Any, seed: Any, alpha: Any, fallback: Any) -> N
         check_mode(mode)
     if alpha is not None:
         check_alpha(alpha)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     if not isinstance(fallback, bool):
         raise ValueError(f"fallback must be True or False, got {fallback!r}")
 

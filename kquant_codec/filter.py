@@ -7,7 +7,7 @@ from PIL import Image, ImageFilter
 
 from .pixels import check_image_mode
 from .quantize import DEFAULT_K, check_alpha, check_palette_options, palette_table_for, quantize_image
-from .quantizer import KMeansQuantizer, check_k, check_mode
+from .quantizer import KMeansQuantizer, check_k, check_mode, check_seed
 
 __all__ = ["KMeansQuantize"]
 
@@ -45,7 +45,7 @@ class KMeansQuantize(ImageFilter.MultibandFilter):
     def __init__(self, k: int = DEFAULT_K, mode: str = "rgb", seed: int = 0, alpha: str = "keep", palette=None) -> None:
         self.mode = check_mode(mode)
         self.alpha = check_alpha(alpha)
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.palette = None
         if palette is not None:
             self.palette = check_palette_options(palette, k, mode, alpha)

@@ -20,7 +20,6 @@ concatenation. Deterministic for a given ``seed``.
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -29,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .kmeans_colour import fit_palette
-from .quantizer import check_k
+from .quantizer import check_k, check_seed
 
 __all__ = ["PaletteLearner", "learn_palette", "colour_histogram", "image_for_palette"]
 
@@ -142,8 +141,7 @@ class PaletteLearner:
 
     def _check_params(self) -> None:
         check_k(self.k)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed)
 
     def _reset(self) -> None:
         self._keys = np.zeros(0, dtype=np.uint32)

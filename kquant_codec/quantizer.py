@@ -38,6 +38,13 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
+def check_seed(seed: Any) -> int:
+    """Validate a k-means++ seed: an integer >= 0 (numpy's generators take no negative seeds)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 def check_mode(mode: Any) -> str:
     """Validate the quantization mode: one of ``MODES``."""
     if mode not in MODES:
@@ -157,8 +164,7 @@ class KMeansQuantizer:
         mode = check_mode(self.mode)
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed)
         return k, mode
 
     @classmethod

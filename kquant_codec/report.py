@@ -34,7 +34,7 @@ from .decoder import read_kq
 from .encoder import encode_image
 from .measure import png_bytes
 from .metrics import absolute_error, squared_error
-from .quantizer import MODES, check_k, check_mode
+from .quantizer import MODES, check_k, check_mode, check_seed
 from .safe_write import OutputExistsError, atomic_output
 
 __all__ = [
@@ -225,8 +225,7 @@ def _check_modes(modes: Iterable[str]) -> tuple[str, ...]:
 
 
 def _check_seed_workers(seed: Any, workers: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
 

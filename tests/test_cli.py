@@ -134,6 +134,7 @@ def test_never_writes_onto_its_input(tmp_path, photo):
         (("info", "notimage.txt"), 3),
         (("info", "photo.png"), 3),  # an image, but not a .kq file
         (("encode", "photo.png", "x.kq", "-k", "300"), 2),
+        (("encode", "photo.png", "x.kq", "-k", "4", "--seed", "-1"), 2),
         (("encode", "photo.png", "x.kq", "--mode", "lab"), 2),
         (("decode", "photo.png", "out.unknownext"), 2),
         (("frobnicate",), 2),

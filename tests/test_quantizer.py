@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -161,6 +163,17 @@ def test_bad_k_is_a_value_error_naming_k(k):
         KMeansQuantize(k)
     with pytest.raises(ValueError, match="k must be"):
         KMeansQuantizer(k=k).fit(np.zeros((2, 2, 3), np.uint8))
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, "3", True, None])
+def test_bad_seed_is_a_value_error_naming_seed(seed):
+    """A negative seed too: numpy's own error ("expected non-negative integer") named no parameter."""
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        KMeansQuantize(8, seed=seed)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        KMeansQuantizer(k=4, seed=seed).fit(np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        Image.new("RGB", (4, 4)).save(io.BytesIO(), format="KQ", k=4, mode="global", seed=seed)
 
 
 def test_bad_mode_and_alpha_are_value_errors():
