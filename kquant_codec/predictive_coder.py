@@ -310,10 +310,14 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     W = out.shape[1] if dec else lab.shape[1]
     npred = NPRED if has_ref else NBASE
     mx = m - 1
-    P = np.zeros((H + 1, W + 4), np.int32)  # labels, row r+1 = stripe row r, column c+2 = image column c
-    Q = np.zeros((H + 1, W + 4), np.int32)  # reference labels, same layout
-    R = np.zeros((2, W + 2), np.int32)  # residuals of the previous and current row, column c+1
-    E = np.zeros((2, W + 6, NPRED), np.int32)  # sub-predictor errors, column c+2 (zero padding both sides)
+    # Rows y-1 and y only, as rings of two (a row's columns are all rewritten before they are read again), in
+    # the narrowest cells that hold them (read back as int32): a stripe's scratch grows with its width alone,
+    # about 36 bytes per column, so that a short, very wide image (a few bytes of stream may declare 2^24 x 1)
+    # does not need many times the memory of the image itself.
+    P = np.zeros((2, W + 4), np.int16)  # labels of rows y-1, y: ring row (y+1) & 1 is row y, column c+2 is c
+    Q = np.zeros((2, W + 4), np.int16)  # reference labels, same layout
+    R = np.zeros((2, W + 2), np.int16)  # residuals (-255..255) of the previous and current row, column c+1
+    E = np.zeros((2, W + 6, NPRED), np.uint8)  # sub-predictor errors (0..255), column c+2 (zero padding both sides)
     ws = np.zeros(NPRED, np.int32)  # per sub-predictor: its errors in the row above, columns x-2 .. x+2
     pr = np.zeros(NPRED, np.int64)
     # models
@@ -335,13 +339,14 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
     bB = np.zeros(NBIAS, np.int32)
     bN = np.ones(NBIAS, np.int32)
     bC = np.zeros(NBIAS, np.int32)
-    # encoder row buffers
-    rb_r = np.zeros(W + 1, np.int32)
-    rb_p = np.zeros(W, np.int32)
-    rb_a = np.zeros(W, np.int32)
-    rb_s = np.zeros(W, np.int32)
-    rb_b = np.zeros(W, np.int32)
-    rb_z = np.zeros(W, np.uint8)
+    # encoder row buffers (the decoder never touches them)
+    nrb = 1 if dec else W
+    rb_r = np.zeros(nrb + 1, np.int32)
+    rb_p = np.zeros(nrb, np.int32)
+    rb_a = np.zeros(nrb, np.int32)
+    rb_s = np.zeros(nrb, np.int32)
+    rb_b = np.zeros(nrb, np.int32)
+    rb_z = np.zeros(nrb, np.uint8)
 
     # at most 5 symbols per pixel (a run of 0, then a residual's 4) and a row flag per row
     st = np.empty(16 if dec else 5 * H * W + H + 16, np.uint16)
@@ -358,22 +363,29 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             return _ERR_SYM, st, fr, 0
     prevflag = 0
     for y in range(H):
-        r0 = y + 1
-        P[r0, 0] = P[r0 - 1, 2]
-        P[r0, 1] = P[r0 - 1, 2]
-        P[r0 - 1, W + 2] = P[r0 - 1, W + 1]
-        P[r0 - 1, W + 3] = P[r0 - 1, W + 1]
+        r0 = (y + 1) & 1  # ring rows of y and y-1 (before the first row: zeros)
+        r1 = y & 1
+        P[r0, 0] = P[r1, 2]
+        P[r0, 1] = P[r1, 2]
+        P[r1, W + 2] = P[r1, W + 1]
+        P[r1, W + 3] = P[r1, W + 1]
         if has_ref:
             for xc in range(W):
                 Q[r0, xc + 2] = ref[y, xc]
-            Q[r0, 0] = Q[r0 - 1, 2]
-            Q[r0, 1] = Q[r0 - 1, 2]
-            Q[r0 - 1, W + 2] = Q[r0 - 1, W + 1]
-            Q[r0 - 1, W + 3] = Q[r0 - 1, W + 1]
+            Q[r0, 0] = Q[r1, 2]
+            Q[r0, 1] = Q[r1, 2]
+            Q[r1, W + 2] = Q[r1, W + 1]
+            Q[r1, W + 3] = Q[r1, W + 1]
         cur = y & 1
         prv = cur ^ 1
         for i in range(npred):
-            ws[i] = E[prv, 0, i] + E[prv, 1, i] + E[prv, 2, i] + E[prv, 3, i] + E[prv, 4, i]
+            ws[i] = (
+                np.int32(E[prv, 0, i])
+                + np.int32(E[prv, 1, i])
+                + np.int32(E[prv, 2, i])
+                + np.int32(E[prv, 3, i])
+                + np.int32(E[prv, 4, i])
+            )
         flag = 0
         if dec:
             flag, x, pos, k, ok = _code_sym(dec, qf, prevflag, 2, 0, x, pos, words, w1, st, fr, k)
@@ -385,15 +397,15 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
         after = False
         for xc in range(W):
             c0 = xc + 2
-            Wv = P[r0, c0 - 1]
+            Wv = np.int32(P[r0, c0 - 1])
             if y == 0:
                 Nv = Wv
                 NWv = Wv
                 NEv = Wv
             else:
-                Nv = P[r0 - 1, c0]
-                NWv = P[r0 - 1, c0 - 1]
-                NEv = P[r0 - 1, c0 + 1]
+                Nv = np.int32(P[r1, c0])
+                NWv = np.int32(P[r1, c0 - 1])
+                NEv = np.int32(P[r1, c0 + 1])
             pr[0] = Wv
             pr[1] = Nv
             pr[2] = _clamp(Wv + Nv - NWv, 0, mx)
@@ -402,16 +414,16 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             pr[5] = (Nv + NEv + 1) >> 1
             uerr = 0
             if has_ref:
-                u = Q[r0, c0]
-                uW = Q[r0, c0 - 1]
+                u = np.int32(Q[r0, c0])
+                uW = np.int32(Q[r0, c0 - 1])
                 if y == 0:
                     uN = uW
                     uNW = uW
                     uNE = uW
                 else:
-                    uN = Q[r0 - 1, c0]
-                    uNW = Q[r0 - 1, c0 - 1]
-                    uNE = Q[r0 - 1, c0 + 1]
+                    uN = np.int32(Q[r1, c0])
+                    uNW = np.int32(Q[r1, c0 - 1])
+                    uNE = np.int32(Q[r1, c0 + 1])
                 pr[6] = _clamp(u + Wv - uW, 0, mx)
                 pr[7] = _clamp(u + Nv - uN, 0, mx)
                 pr[8] = _clamp(u + (Wv + Nv - NWv) - (uW + uN - uNW), 0, mx)
@@ -425,7 +437,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             mine = EMAX
             first0 = -1
             for i in range(npred):
-                e = ws[i] + E[cur, c0 - 1, i] + E[cur, c0 - 2, i]
+                e = ws[i] + np.int32(E[cur, c0 - 1, i]) + np.int32(E[cur, c0 - 2, i])
                 if e > EMAX:
                     e = EMAX
                 if e < mine:
@@ -436,10 +448,10 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
                 sw += wi
                 sp += wi * pr[i]
             pred8 = (sp * 8 + (sw >> 1)) // sw
-            rW = R[cur, xc]
-            rN = R[prv, xc + 1]
-            rNW = R[prv, xc]
-            rNE = R[prv, xc + 2]
+            rW = np.int32(R[cur, xc])
+            rN = np.int32(R[prv, xc + 1])
+            rNW = np.int32(R[prv, xc])
+            rNE = np.int32(R[prv, xc + 2])
             ee = abs(rW) + abs(rN) + abs(rNW) + abs(rNE)
             act = ACT_Q[ee if ee < 1024 else 1023]
             # bias correction
@@ -522,7 +534,7 @@ def _stripe_kernel(dec, lab, out, res_out, m, words, w0, w1, ref, refres, has_re
             for i in range(npred):
                 d = v - pr[i]
                 E[cur, c0, i] = d if d >= 0 else -d
-                ws[i] += E[prv, c0 + 3, i] - E[prv, c0 - 2, i]  # slide the window to the next pixel
+                ws[i] += np.int32(E[prv, c0 + 3, i]) - np.int32(E[prv, c0 - 2, i])  # slide to the next pixel
             # bias update (LOCO-I style, in 1/8 label units)
             n = bN[bc]
             bb = bB[bc] + 8 * v - pc

@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,24 @@ def _cases() -> dict[str, tuple[bytes, int, float, str]]:
     plane = label_coder.encode_plane(np.zeros((side, side), np.uint8), 1, np.zeros((1, 1), np.uint8))
     cases["codec 3, 4096x4096 L in 112 bytes"] = (native_l(side, side, 3, plane, 1), side * side, 0, "ok")
     cases["codec 3 cut short, 4096x4096 L"] = (native_l(side, side, 3, plane[:-6], 1), side * side, 0, "KqFormatError")
+    # Codec 4 (predictive coder): a row that is all prediction costs the same bits at any width, so a few dozen
+    # bytes may hold a 4-megapixel-wide row. Its decoder keeps two rows of per-column state (labels, residuals,
+    # twelve sub-predictor errors), about 36 bytes per column (141 until its rows became 16- and 8-bit rings).
+    wide = 1 << 22
+    header = c.KqHeader(
+        width=16,
+        height=1,
+        image_mode="L",
+        quant_mode="global",
+        channels=1,
+        label_codec=c.CODEC_PREDICTIVE,
+        label_length=1,
+        table_sizes=(256,),
+        tables=bytes(range(256)),
+    )
+    row = c.labels_to_predictive_stream(np.zeros((1, 16, 1), np.uint8), header)
+    wide_file = c.pack_file(replace(header, width=wide, label_length=len(row)), row)
+    cases[f"codec 4, {wide}x1 L in {len(wide_file)} bytes"] = (wide_file, wide, 0, "ok")
     tiny = native_l(1, 1, c.CODEC_ZLIB, zlib.compress(b"\x00"))
     cases["declared 16384x16384, tiny stream"] = (
         _with_size(tiny, 1 << 14, 1 << 14),
@@ -185,6 +204,7 @@ CASES = _cases()
 SEEDS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus"
 WARM_UP = [SEEDS / "native-L-rgb-none-bytes-lzma2-3c.kq", SEEDS / "png-L.kq", SEEDS / "png-RGBA.kq"]
 WARM_UP_CODEC_3 = WARM_UP + sorted(SEEDS.glob("context-*.kq"))[:3]
+WARM_UP_CODEC_4 = WARM_UP + sorted(SEEDS.glob("predictive-*.kq"))[:3]
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +246,7 @@ def test_the_bombs_are_real():
 def test_hostile_input_under_address_space_limit(hostile_dir, name, how):
     index = list(CASES).index(name)
     data, pixels, _, expected = CASES[name]
-    warm_up = WARM_UP_CODEC_3 if name.startswith("codec 3") else WARM_UP  # numba only where it is needed
+    warm_up = {"codec 3": WARM_UP_CODEC_3, "codec 4": WARM_UP_CODEC_4}.get(name[:7], WARM_UP)  # kernels if needed
     result = _run_child(hostile_dir / f"{index}.kq", "read_kq" if how == "read_kq" else "open", warm_up)
     grown_mb = (result["peak_kb"] - result["base_kb"]) / 1024
     print(
@@ -238,4 +258,6 @@ def test_hostile_input_under_address_space_limit(hostile_dir, name, how):
     # A small constant times what the header justifies: the declared image (1 byte per pixel here) and the
     # file itself (whose size the header bounds: ~1.07 x the labels, or 8 x the pixels for a PNG payload).
     allowed_mb = 8 + (8 * pixels + 2 * len(data)) / MiB
+    if name.startswith("codec 4"):  # and codec 4's per-column state (spec section 12)
+        allowed_mb += 40 * c.unpack_header(data).width / MiB
     assert grown_mb <= allowed_mb, result
