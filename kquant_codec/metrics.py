@@ -1,7 +1,9 @@
 """Error between two images: absolute (L1), squared and L2-norm error, MSE and PSNR.
 
 Inputs are Pillow images or numpy arrays of equal shape. Differences are taken in int64, so uint8
-inputs cannot wrap around (0 - 255 is -255, not 1).
+inputs cannot wrap around (0 - 255 is -255, not 1). Pillow images are compared by what they show: a palette
+("P", "PA") image by its colours (RGB, or RGBA when it has transparency), not its palette indices, and a
+bilevel ("1") image as 0 and 255, so that their errors are on the same 0..255 scale as any other 8-bit image.
 """
 
 from __future__ import annotations
@@ -10,13 +12,25 @@ import math
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["absolute_error", "squared_error", "l2_error", "mse", "psnr", "error_report"]
 
 
+def _samples(img: Any) -> np.ndarray:
+    """An image's samples as an array: palette images as colours, "1" as 0/255; arrays as they are."""
+    if isinstance(img, Image.Image):
+        if img.mode in ("P", "PA"):
+            see_through = img.mode == "PA" or "transparency" in img.info or img.palette.mode == "RGBA"
+            img = img.convert("RGBA" if see_through else "RGB")
+        elif img.mode == "1":
+            img = img.convert("L")
+    return np.asarray(img)
+
+
 def _diff(a: Any, b: Any) -> np.ndarray:
-    x = np.asarray(a)
-    y = np.asarray(b)
+    x = _samples(a)
+    y = _samples(b)
     if x.shape != y.shape:
         raise ValueError(f"images differ in shape: {x.shape} vs {y.shape}")
     return x.astype(np.int64) - y.astype(np.int64)

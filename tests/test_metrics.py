@@ -36,3 +36,24 @@ def test_identical_images_have_infinite_psnr():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="differ in shape"):
         mse(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_palette_and_bilevel_images_are_compared_by_what_they_show(china_small):
+    """A P image by its colours, not its palette indices (quantizing a P image keeps the indices and changes
+    the colours: index-wise it would look lossless); "1" as 0/255, on the 0..255 scale of every other mode."""
+    from PIL import Image
+
+    from kquant_codec import KMeansQuantize
+
+    pal = china_small.quantize(64)
+    four = pal.filter(KMeansQuantize(4))
+    assert np.array_equal(np.asarray(pal), np.asarray(four))  # same indices...
+    expected = mse(pal.convert("RGB"), four.convert("RGB"))
+    assert expected > 0 and mse(pal, four) == expected  # ...other colours
+    assert mse(pal, pal.convert("RGB")) == 0
+    rgba = pal.copy()
+    rgba.info["transparency"] = 0
+    assert np.asarray(rgba.convert("RGBA")).shape[2] == 4 and mse(rgba, rgba.convert("RGBA")) == 0
+    black, white = Image.new("1", (4, 2), 0), Image.new("1", (4, 2), 1)
+    assert mse(black, white) == 255**2 and absolute_error(black, white) == 8 * 255
+    assert psnr(black, white) == 0.0
