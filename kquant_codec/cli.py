@@ -12,10 +12,12 @@ Errors are one line on stderr, never a traceback (set KQUANT_DEBUG=1 to see one)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -59,12 +61,38 @@ def _open_input(path: str):
         img = Image.open(p)
         img.load()
     except UnidentifiedImageError:
-        raise CliError(f"{path}: not an image format this tool can read", EXIT_INPUT) from None
+        raise CliError(f"{path}: {_why_unreadable(p)}", EXIT_INPUT) from None
     except Image.DecompressionBombError as exc:
         raise CliError(f"{path}: {exc}", EXIT_INPUT) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise CliError(f"{path}: cannot read image: {exc}", EXIT_INPUT) from None
     return img
+
+
+def _check_quantizable(img, path: str) -> None:
+    """An image mode the quantizer cannot take is an input problem (exit 3), said before any work."""
+    from kquant_codec.pixels import SUPPORTED_MODES
+
+    if img.mode not in SUPPORTED_MODES:
+        raise CliError(
+            f"{path}: cannot quantize image mode {img.mode!r}; supported: {', '.join(SUPPORTED_MODES)}", EXIT_INPUT
+        )
+
+
+def _why_unreadable(path: Path) -> str:
+    """What to say of a file no Pillow plugin accepted: for a ``.kq`` file (by its magic) whose header is bad,
+    the container's own reason (Pillow only says that no plugin took it)."""
+    from kquant_codec.container import MAGIC, KqFormatError
+    from kquant_codec.decoder import read_kq
+
+    try:
+        with open(path, "rb") as f:
+            is_kq = f.read(len(MAGIC)) == MAGIC
+        if is_kq:
+            read_kq(path)
+    except (KqFormatError, OSError) as exc:
+        return f"not a valid .kq file: {exc}"
+    return "not an image format this tool can read"
 
 
 def _write_image(img, output: str, *, force: bool, inputs: tuple, fmt: str | None = None, **options) -> int:
@@ -108,16 +136,11 @@ def _fmt_ratio(x: float) -> str:
 def cmd_encode(args: argparse.Namespace) -> int:
     import kquant_codec as kq
     from kquant_codec.batch import encode_options
-    from kquant_codec.pixels import SUPPORTED_MODES
 
     img = _open_input(args.input)
     options = encode_options(args.k, args.mode, args.seed, args.alpha)
-    quantizing = args.k is not None or args.mode is not None or args.palette is not None
-    if quantizing and img.mode not in SUPPORTED_MODES:  # an input problem (exit 3), not a failed write
-        raise CliError(
-            f"{args.input}: cannot quantize image mode {img.mode!r}; supported: {', '.join(SUPPORTED_MODES)}",
-            EXIT_INPUT,
-        )
+    if args.k is not None or args.mode is not None or args.palette is not None:
+        _check_quantizable(img, args.input)  # else stored exactly: any mode the container takes
     start = time.perf_counter()
     if args.palette is not None:  # a shared palette: every pixel its nearest palette colour, nothing learned
         from kquant_codec.quantize import check_palette_options
@@ -190,6 +213,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     img = _open_input(args.input) if args.input else _sample_image()
     name = args.input or "china.jpg (bundled with scikit-learn)"
+    _check_quantizable(img, name)
     rows = bench_image(img, args.k, args.mode, seed=args.seed)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
@@ -245,6 +269,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.input:
         img = _open_input(args.input)
+        _check_quantizable(img, args.input)  # (a 16-bit image would be clipped to white by its RGB conversion)
         name, size = Path(args.input).name, Path(args.input).stat().st_size
     else:
         img, name, size = _sample_image(), "china.jpg (bundled with scikit-learn)", None
@@ -513,7 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
+    from kquant_codec import _native
     from kquant_codec.interrupts import interrupt_seen, noting_sigint
+
+    if _native._wanted() not in _native.CHOICES:  # a setting, not a failure to write some output later
+        print(f"kquant: error: {_native.ENV} must be one of {', '.join(_native.CHOICES)}", file=sys.stderr)
+        return EXIT_USAGE
 
     try:
         with noting_sigint():
@@ -536,5 +566,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+def run() -> None:
+    """The ``kquant`` command: ``main``, then exit with its code.
+
+    Once the work is done, Python still waits at exit for worker threads that are winding down; a Ctrl-C
+    landing then used to print a ``KeyboardInterrupt`` traceback from ``threading._shutdown``. From here on,
+    Ctrl-C ends the process at once with the exit code already decided (the outputs are complete)."""
+    code = main()
+
+    def leave(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, leave)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -24,10 +24,10 @@ def check_output_path(output: str | os.PathLike, *, force: bool = False, inputs:
         same = out.resolve() == src.resolve() or (out.exists() and src.exists() and os.path.samefile(out, src))
         if same:
             raise OutputExistsError(f"refusing to write {out}: it is the input file")
+    if out.is_dir():  # before "exists": --force would not help
+        raise OutputExistsError(f"{out} is a directory")
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists (use --force to overwrite)")
-    if out.exists() and out.is_dir():
-        raise OutputExistsError(f"{out} is a directory")
     return out
 
 

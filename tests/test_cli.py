@@ -131,23 +131,40 @@ def test_never_writes_onto_its_input(tmp_path, photo):
         (("encode", "missing.png", "x.kq"), 3),
         (("encode", "notimage.txt", "x.kq"), 3),
         (("encode", "deep.png", "x.kq", "-k", "8"), 3),  # 16-bit: an input the quantizer cannot take
+        (("bench", "deep.png", "-k", "4"), 3),
+        (("report", "deep.png", "-o", "rep", "-k", "2"), 3),
         (("info", "notimage.txt"), 3),
         (("info", "photo.png"), 3),  # an image, but not a .kq file
         (("encode", "photo.png", "x.kq", "-k", "300"), 2),
         (("encode", "photo.png", "x.kq", "-k", "4", "--seed", "-1"), 2),
         (("encode", "photo.png", "x.kq", "--mode", "lab"), 2),
         (("decode", "photo.png", "out.unknownext"), 2),
+        (("encode", "photo.png", "sub", "-k", "4"), 4),  # an existing folder: said so, not "use --force"
         (("frobnicate",), 2),
     ],
 )
 def test_errors_are_one_line_with_distinct_codes(tmp_path, photo, args, code):
     (tmp_path / "notimage.txt").write_text("hello")
     Image.new("I;16", (8, 8), 4000).save(tmp_path / "deep.png")
+    (tmp_path / "sub").mkdir()
     r = run(*args, cwd=tmp_path)
+    if args[2:3] == ("sub",):
+        assert "is a directory" in r.stderr, r.stderr
     assert r.returncode == code, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") <= 1 or r.stderr.startswith("usage:")
     assert not (tmp_path / "x.kq").exists()
+
+
+def test_a_kq_file_with_a_bad_header_says_what_is_wrong(tmp_path, photo):
+    kq = tmp_path / "photo.kq"
+    assert run("encode", str(photo), str(kq), "-k", "4").returncode == 0
+    data = bytearray(kq.read_bytes())
+    data[20] ^= 0x01  # the declared height: the header CRC no longer matches
+    kq.write_bytes(bytes(data))
+    for command in (("info", str(kq)), ("decode", str(kq), str(tmp_path / "out.png"))):
+        r = run(*command)
+        assert r.returncode == 3 and "header CRC mismatch" in r.stderr, r.stderr
 
 
 def test_corrupt_kq_is_an_input_error(tmp_path, photo):
@@ -207,3 +224,35 @@ def test_sigkill_mid_write_leaves_old_file_untouched(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert target.read_bytes() == b"old contents"
+
+
+def test_ctrl_c_after_the_work_is_done_exits_with_its_code_and_no_traceback(tmp_path, photo):
+    """A Ctrl-C while Python waits at exit for a worker thread (here one still sleeping) ends the process at
+    once with the command's own exit code: no KeyboardInterrupt traceback from threading._shutdown."""
+    kq = tmp_path / "photo.kq"
+    assert run("encode", str(photo), str(kq), "-k", "4").returncode == 0
+    code = (
+        "import sys, threading, time\n"
+        "from kquant_codec import cli\n"
+        "threading.Thread(target=time.sleep, args=(30,)).start()\n"
+        f"sys.argv = ['kquant', 'info', {str(kq)!r}]\n"
+        "cli.run()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # the report is out: main() has returned or is about to
+    assert first, proc.stderr.read()
+    time.sleep(0.5)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and time.monotonic() - start < 10
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_a_bad_kernels_setting_is_a_usage_error(tmp_path, photo):
+    env = dict(os.environ, KQUANT_KERNELS="bogus")
+    r = subprocess.run(
+        [*KQUANT, "encode", str(photo), str(tmp_path / "x.kq"), "-k", "4"], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 2 and "KQUANT_KERNELS must be one of" in r.stderr, r.stderr
+    assert not (tmp_path / "x.kq").exists()
