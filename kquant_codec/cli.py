@@ -192,6 +192,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         raise CliError(f"{args.input}: not a .kq file (a {img.format} image)", EXIT_INPUT)
     info = kq.kq_info(args.input)
     facts = dataclasses.asdict(info)
+    facts["k"] = info.k  # (a property: the largest table)
     from PIL import Image
 
     with Image.open(args.input) as img:

@@ -159,6 +159,21 @@ class KMeansQuantizer:
         self.seed = seed
         self.max_iter = max_iter
 
+    # scikit-learn's estimator protocol (``sklearn.base.clone``, grid searches), without importing scikit-learn
+    _PARAMS = ("k", "mode", "seed", "max_iter")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor parameters, by name."""
+        return {name: getattr(self, name) for name in self._PARAMS}
+
+    def set_params(self, **params: Any) -> KMeansQuantizer:
+        """Set constructor parameters (checked at the next ``fit``); returns self."""
+        for name, value in params.items():
+            if name not in self._PARAMS:
+                raise ValueError(f"invalid parameter {name!r} for KMeansQuantizer; valid: {', '.join(self._PARAMS)}")
+            setattr(self, name, value)
+        return self
+
     def _check_params(self) -> tuple[int, str]:
         k = check_k(self.k)
         mode = check_mode(self.mode)

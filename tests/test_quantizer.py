@@ -196,3 +196,19 @@ def test_k_1_and_k_256_everywhere(china_small):
             out = china_small.filter(KMeansQuantize(k, mode=mode))
             assert out.size == china_small.size
     assert colours(china_small.filter(KMeansQuantize(1))).shape[0] == 1
+
+
+def test_scikit_learn_protocol_get_params_set_params_and_clone(china_small):
+    from sklearn.base import clone
+
+    q = KMeansQuantizer(k=5, mode="channel", seed=3, max_iter=7)
+    assert q.get_params() == {"k": 5, "mode": "channel", "seed": 3, "max_iter": 7}
+    arr = np.asarray(china_small)
+    q.fit(arr)
+    twin = clone(q)  # unfitted, same parameters
+    assert twin.get_params() == q.get_params() and not hasattr(twin, "centroids_")
+    assert np.array_equal(twin.fit(arr).predict(arr), q.predict(arr))
+    assert q.set_params(k=2, mode="rgb") is q and q.get_params()["k"] == 2
+    assert len(q.fit(arr).centroids_) == 2
+    with pytest.raises(ValueError, match="invalid parameter 'colours'"):
+        q.set_params(colours=4)
