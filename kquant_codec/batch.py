@@ -738,6 +738,7 @@ def run_batch(
     bad parameters and ``BatchError`` for folders that cannot be used.
     """
     _check_params(k, mode, seed, jobs)
+    seed = check_seed(seed)  # a plain int: it goes into the JSON state
     log = log or _log_default
     in_dir = Path(input_dir)
     if not in_dir.is_dir():
@@ -759,7 +760,11 @@ def run_batch(
         pal = None
     else:
         pal = _load_palette(palette) if palette is not None else None
-        params = {"direction": "encode", "k": k, "mode": mode, "seed": seed, "alpha": None}
+        # What the output depends on, so that a resume redoes a file only when its bytes would change: the
+        # effective mode (-k alone is rgb), and the seed only when something is quantized.
+        effective_mode = mode if mode is not None else ("rgb" if k is not None else None)
+        seed_used = seed if effective_mode is not None else None
+        params = {"direction": "encode", "k": k, "mode": effective_mode, "seed": seed_used, "alpha": None}
         if pal is None:
             # Exactly the options cmd_encode gives the KQ writer.
             options = tuple(encode_options(k, mode, seed, None).items())
@@ -768,7 +773,7 @@ def run_batch(
             # encode_image(img, palette=pal), i.e. img.save(path, "KQ", palette=pal): nothing is learned,
             # so the seed does not matter.
             options = ()
-            params.update(seed=None, palette_sha256=hashlib.sha256(pal.tobytes()).hexdigest())
+            params.update(mode="rgb", seed=None, palette_sha256=hashlib.sha256(pal.tobytes()).hexdigest())
         params["version"] = kq.__version__
     workers = _core_count() if jobs == 0 else jobs
     try:

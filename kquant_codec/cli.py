@@ -140,7 +140,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     img = _open_input(args.input)
     options = encode_options(args.k, args.mode, args.seed, args.alpha)
     if args.k is not None or args.mode is not None or args.palette is not None:
-        _check_quantizable(img, args.input)  # else stored exactly: any mode the container takes
+        _check_quantizable(img, args.input)
+    else:  # stored exactly: any mode the container holds
+        from kquant_codec.container import NATIVE_MODES, PNG_MODES
+
+        if img.mode not in NATIVE_MODES and img.mode not in PNG_MODES:
+            storable = ", ".join(sorted(set(NATIVE_MODES) | set(PNG_MODES)))
+            raise CliError(f"{args.input}: cannot store image mode {img.mode!r}; storable: {storable}", EXIT_INPUT)
     start = time.perf_counter()
     if args.palette is not None:  # a shared palette: every pixel its nearest palette colour, nothing learned
         from kquant_codec.quantize import check_palette_options
@@ -455,13 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     enc = sub.add_parser("encode", help="quantize an image and write a .kq file")
     enc.add_argument("input", help="any image Pillow can read")
     enc.add_argument("output", help="the .kq file to write")
-    enc.add_argument("-k", type=_k_value, default=None, help="number of centroids, 1..256 (default: lossless)")
+    enc.add_argument(
+        "-k", type=_k_value, default=None, help="number of centroids, 1..256 (default: lossless; 256 with --mode)"
+    )
     enc.add_argument(
         "--mode", choices=MODES, default=None, help="quantization mode (default: rgb when -k is given; else lossless)"
     )
     enc.add_argument("--seed", type=_seed_value, default=0, help="k-means++ seed (default: 0)")
     enc.add_argument(
-        "--alpha", choices=("keep", "quantize"), default=None, help="alpha kept exact (default) or quantized"
+        "--alpha", choices=("keep", "quantize"), default=None, help="alpha kept exact or quantized (default: exact)"
     )
     enc.add_argument("--force", action="store_true", help="overwrite an existing output")
     enc.add_argument("--palette", metavar="FILE", help="map to this palette (.gpl, .act, .kq, ...) instead of learning")

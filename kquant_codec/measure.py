@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
+from .container import PNG_MODES
 from .filter import KMeansQuantize
 from .metrics import absolute_error, l2_error, mse, psnr
 from .pixels import as_palette_image
@@ -16,8 +17,11 @@ __all__ = ["png_bytes", "BenchRow", "bench_image"]
 
 
 def png_bytes(img: Image.Image, palette: bool = True) -> int:
-    """Bytes of Pillow's PNG of ``img`` (``optimize=True``); a palette PNG when ``palette`` and it fits."""
+    """Bytes of Pillow's PNG of ``img`` (``optimize=True``); a palette PNG when ``palette`` and it fits. Modes PNG
+    cannot hold (CMYK, YCbCr, LAB, HSV) are measured as their RGB conversion, the PNG one would make of them."""
     target = (as_palette_image(img) if palette else None) or img
+    if target.mode not in PNG_MODES:
+        target = target.convert("RGB")
     buf = io.BytesIO()
     target.save(buf, format="PNG", optimize=True)
     return buf.tell()

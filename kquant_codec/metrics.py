@@ -1,9 +1,11 @@
 """Error between two images: absolute (L1), squared and L2-norm error, MSE and PSNR.
 
 Inputs are Pillow images or numpy arrays of equal shape. Differences are taken in int64, so uint8
-inputs cannot wrap around (0 - 255 is -255, not 1). Pillow images are compared by what they show: a palette
-("P", "PA") image by its colours (RGB, or RGBA when it has transparency), not its palette indices, and a
-bilevel ("1") image as 0 and 255, so that their errors are on the same 0..255 scale as any other 8-bit image.
+inputs cannot wrap around (0 - 255 is -255, not 1). Two Pillow images are compared by what they show: a
+palette ("P", "PA") image by its colours (in the other image's RGB or RGBA; else RGBA when either has
+transparency), not its palette indices, and a bilevel ("1") image as 0 and 255, so that errors are on the
+0..255 scale of any other 8-bit image. An image compared with an array is taken as ``np.asarray`` gives it
+(indices, 0/1), as the array is.
 """
 
 from __future__ import annotations
@@ -17,20 +19,29 @@ from PIL import Image
 __all__ = ["absolute_error", "squared_error", "l2_error", "mse", "psnr", "error_report"]
 
 
-def _samples(img: Any) -> np.ndarray:
-    """An image's samples as an array: palette images as colours, "1" as 0/255; arrays as they are."""
-    if isinstance(img, Image.Image):
-        if img.mode in ("P", "PA"):
-            see_through = img.mode == "PA" or "transparency" in img.info or img.palette.mode == "RGBA"
-            img = img.convert("RGBA" if see_through else "RGB")
-        elif img.mode == "1":
-            img = img.convert("L")
-    return np.asarray(img)
+def _palette_target(img: Image.Image, other: Image.Image) -> str:
+    """The mode a palette image is compared in: the other image's RGB/RGBA; else RGBA only with transparency."""
+    if other.mode in ("RGB", "RGBA"):
+        return other.mode
+    palettes = [im for im in (img, other) if im.mode in ("P", "PA")]
+    see_through = any(im.mode == "PA" or "transparency" in im.info or im.palette.mode == "RGBA" for im in palettes)
+    return "RGBA" if see_through else "RGB"
+
+
+def _shown(img: Image.Image, other: Image.Image) -> Image.Image:
+    """``img`` as what it shows, for comparing with ``other``: a palette image as colours, "1" as 0/255."""
+    if img.mode in ("P", "PA"):
+        return img.convert(_palette_target(img, other))
+    if img.mode == "1":
+        return img.convert("L")
+    return img
 
 
 def _diff(a: Any, b: Any) -> np.ndarray:
-    x = _samples(a)
-    y = _samples(b)
+    if isinstance(a, Image.Image) and isinstance(b, Image.Image):
+        a, b = _shown(a, b), _shown(b, a)
+    x = np.asarray(a)
+    y = np.asarray(b)
     if x.shape != y.shape:
         raise ValueError(f"images differ in shape: {x.shape} vs {y.shape}")
     return x.astype(np.int64) - y.astype(np.int64)

@@ -87,6 +87,19 @@ def test_without_k_or_mode_every_image_is_stored_exactly(tree, tmp_path):
     assert _cli("batch", str(tree), str(tmp_path / "x"), "--decode", "--mode", "rgb", "--no-progress") == 2
 
 
+def test_resume_keeps_files_whose_bytes_would_not_change(tree, tmp_path):
+    """-k alone is rgb mode, and the seed does not matter when nothing is quantized: no file is redone for
+    either. A numpy integer seed is recorded as a plain int."""
+    out = tmp_path / "out"
+    assert run_batch(tree, out, k=6, seed=np.int64(2), progress=False).encoded == 5
+    again = run_batch(tree, out, k=6, mode="rgb", seed=2, progress=False)
+    assert (again.encoded, again.skipped) == (0, 5)
+    exact = tmp_path / "exact"
+    assert run_batch(tree, exact, progress=False).encoded == 5
+    again = run_batch(tree, exact, seed=9, progress=False)
+    assert (again.encoded, again.skipped) == (0, 5)
+
+
 def test_process_pool_and_decode_match_the_single_file_commands(tree, tmp_path):
     """--jobs 2 (spawned workers) gives the serial bytes; --decode gives what ``kquant decode`` writes."""
     serial, pooled = tmp_path / "serial", tmp_path / "pooled"

@@ -93,6 +93,16 @@ def test_bench_prints_every_mode_and_k(photo):
     assert r.returncode == 0 and "channel" in r.stdout and "PSNR" in r.stdout
 
 
+def test_bench_on_a_cmyk_image(tmp_path, photo):
+    """PNG holds no CMYK: the original's PNG size is that of its RGB conversion (was an internal error)."""
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(photo).convert("CMYK").save(cmyk, quality=95)
+    r = run("bench", str(cmyk), "-k", "4", "--mode", "rgb", "--json")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["png_original_bytes"] > 0 and row["kq_bytes"] > 0 and row["mse"] > 0
+
+
 def test_demo_runs_every_mode_on_the_bundled_photo():
     """The quick start's command: every mode of each k, with sizes, and which kernels ran."""
     r = run("demo", "-k", "2", "16")
@@ -132,6 +142,7 @@ def test_never_writes_onto_its_input(tmp_path, photo):
         (("encode", "notimage.txt", "x.kq"), 3),
         (("encode", "deep.png", "x.kq", "-k", "8"), 3),  # 16-bit: an input the quantizer cannot take
         (("bench", "deep.png", "-k", "4"), 3),
+        (("encode", "float.tif", "x.kq"), 3),  # stored exactly, but no .kq layout or PNG holds mode F
         (("report", "deep.png", "-o", "rep", "-k", "2"), 3),
         (("info", "notimage.txt"), 3),
         (("info", "photo.png"), 3),  # an image, but not a .kq file
@@ -146,6 +157,7 @@ def test_never_writes_onto_its_input(tmp_path, photo):
 def test_errors_are_one_line_with_distinct_codes(tmp_path, photo, args, code):
     (tmp_path / "notimage.txt").write_text("hello")
     Image.new("I;16", (8, 8), 4000).save(tmp_path / "deep.png")
+    Image.new("F", (8, 8), 0.5).save(tmp_path / "float.tif")
     (tmp_path / "sub").mkdir()
     r = run(*args, cwd=tmp_path)
     if args[2:3] == ("sub",):

@@ -54,6 +54,9 @@ def test_palette_and_bilevel_images_are_compared_by_what_they_show(china_small):
     rgba = pal.copy()
     rgba.info["transparency"] = 0
     assert np.asarray(rgba.convert("RGBA")).shape[2] == 4 and mse(rgba, rgba.convert("RGBA")) == 0
+    assert mse(rgba, rgba.convert("RGB")) == 0  # compared in the other image's mode
+    assert mse(pal, np.asarray(pal)) == 0  # with an array: both as np.asarray gives them
     black, white = Image.new("1", (4, 2), 0), Image.new("1", (4, 2), 1)
+    assert mse(white, np.asarray(white)) == 0
     assert mse(black, white) == 255**2 and absolute_error(black, white) == 8 * 255
     assert psnr(black, white) == 0.0
