@@ -118,16 +118,21 @@ def webp_of(img: Image.Image) -> int:
     return len(buf.getvalue())
 
 
+def cjxl(png: bytes, folder: str, effort: int) -> tuple[str, float]:
+    """Write ``png`` into ``folder`` and code it with ``cjxl -d 0 -e effort``: (path of the .jxl, seconds)."""
+    src, dst = os.path.join(folder, "in.png"), os.path.join(folder, "out.jxl")
+    with open(src, "wb") as f:
+        f.write(png)
+    t = time.perf_counter()
+    subprocess.run(["cjxl", src, dst, "-d", "0", "-e", str(effort)], check=True, capture_output=True)
+    return dst, time.perf_counter() - t
+
+
 def jxl_of(png: bytes) -> tuple[int, float] | None:
     if shutil.which("cjxl") is None:
         return None
     with tempfile.TemporaryDirectory() as d:
-        src, dst = os.path.join(d, "in.png"), os.path.join(d, "out.jxl")
-        with open(src, "wb") as f:
-            f.write(png)
-        t = time.perf_counter()
-        subprocess.run(["cjxl", src, dst, "-d", "0", "-e", "9"], check=True, capture_output=True)
-        seconds = time.perf_counter() - t
+        dst, seconds = cjxl(png, d, 9)
         return os.path.getsize(dst), seconds
 
 
@@ -152,12 +157,7 @@ def jxl_decode_12mp(png: bytes, megapixels: float, kq_size: int, kq_dec: float) 
         print("note: cjxl/djxl not found (Debian package libjxl-tools): JPEG XL decode is skipped")
         return None
     with tempfile.TemporaryDirectory() as d:
-        src, dst = os.path.join(d, "in.png"), os.path.join(d, "out.jxl")
-        with open(src, "wb") as f:
-            f.write(png)
-        t = time.perf_counter()
-        subprocess.run(["cjxl", src, dst, "-d", "0", "-e", "7"], check=True, capture_output=True)
-        enc = time.perf_counter() - t
+        dst, enc = cjxl(png, d, 7)
         run = subprocess.run(["djxl", dst, "--num_reps=3"], check=True, capture_output=True, text=True)
         size = os.path.getsize(dst)
     # djxl prints e.g. "4000 x 3000, geomean: 20.5 MP/s [19.9, 21.0], 3 reps, 2 threads."
