@@ -62,6 +62,8 @@ class KMeansQuantize(ImageFilter.MultibandFilter):
         return quantize_image(img, self.k, self.mode, seed=self.seed, alpha=self.alpha, palette=self.palette).im
 
     def _filter_palette(self, img: Image.Image) -> Image.Image:
+        if img.width == 0 or img.height == 0:  # no pixel gives its palette entries any weight: nothing to learn
+            return img.copy()
         indices = np.asarray(img)
         pal_mode = img.im.getpalettemode()  # "RGBA" when the entries carry their own alpha (kept as it is)
         table = np.frombuffer(img.im.getpalette(pal_mode, pal_mode), dtype=np.uint8).reshape(-1, len(pal_mode))

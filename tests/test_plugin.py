@@ -144,6 +144,21 @@ def test_png_fallback_is_pillows_png_and_never_larger():
             assert Image.open(io.BytesIO(stream)).format == "PNG"
 
 
+@pytest.mark.parametrize("noise", [2.0, 4.0])
+def test_a_large_grey_image_is_never_larger_than_pillows_grey_png(noise):
+    """Above 65,536 pixels the fallback builds one PNG version; for a grey image with many levels it must be the
+    grey PNG, not the palette one (which was 86 KB against 44.7 KB here, and the .kq 1.4% above Pillow's PNG)."""
+    rng = np.random.default_rng(0)
+    w, h = 386, 265
+    ramp = np.tile(np.arange(w) / (w - 1) * 255, (h, 1)) + rng.normal(0, noise, (h, w))
+    img = Image.fromarray(ramp.clip(0, 255).astype(np.uint8), "L")
+    png = io.BytesIO()
+    img.save(png, "PNG", optimize=True)
+    data = encode_image(img)
+    assert len(data) <= len(png.getvalue()) + 64  # the container's header and CRCs
+    assert Image.open(io.BytesIO(data)).tobytes() == img.tobytes()
+
+
 def test_i16_images_go_through_the_png_payload():
     img = Image.new("I;16", (7, 5))
     img.putpixel((3, 2), 60000)

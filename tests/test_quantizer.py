@@ -145,6 +145,12 @@ def test_empty_and_tiny_images():
             out = img.filter(KMeansQuantize(4, mode=mode))
             assert out.size == size and out.mode == "RGB"
             assert out.tobytes() == img.tobytes()
+    for size in [(0, 5), (5, 0)]:  # a palette image with a palette but no pixels: no colour weighs anything
+        pal = Image.new("P", size)
+        pal.putpalette(bytes(range(9)))
+        for mode in kq.MODES:
+            out = pal.filter(KMeansQuantize(2, mode=mode))
+            assert out.size == size and out.mode == "P"
 
 
 def test_image_from_core_wraps_pillow_core():
