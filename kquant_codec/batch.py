@@ -671,12 +671,11 @@ def encode_options(k: int | None, mode: str | None, seed: int, alpha: str | None
     return options
 
 
-def _check_params(k: Any, mode: Any, seed: Any, jobs: Any) -> None:
+def _check_params(k: Any, mode: Any, jobs: Any) -> None:
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 256):
         raise ValueError(f"k must be an integer from 1 to 256 or None, got {k!r}")
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)} or None, got {mode!r}")
-    check_seed(seed)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
         raise ValueError(f"jobs must be an integer >= 0 (0: one per core), got {jobs!r}")
 
@@ -737,7 +736,7 @@ def run_batch(
     summary of what was done is written and returned with ``interrupted`` set. Raises ``ValueError`` for
     bad parameters and ``BatchError`` for folders that cannot be used.
     """
-    _check_params(k, mode, seed, jobs)
+    _check_params(k, mode, jobs)
     seed = check_seed(seed)  # a plain int: it goes into the JSON state
     log = log or _log_default
     in_dir = Path(input_dir)

@@ -142,10 +142,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.k is not None or args.mode is not None or args.palette is not None:
         _check_quantizable(img, args.input)
     else:  # stored exactly: any mode the container holds
-        from kquant_codec.container import NATIVE_MODES, PNG_MODES
+        from kquant_codec.container import STORABLE_MODES
 
-        if img.mode not in NATIVE_MODES and img.mode not in PNG_MODES:
-            storable = ", ".join(sorted(set(NATIVE_MODES) | set(PNG_MODES)))
+        if img.mode not in STORABLE_MODES:
+            storable = ", ".join(STORABLE_MODES)
             raise CliError(f"{args.input}: cannot store image mode {img.mode!r}; storable: {storable}", EXIT_INPUT)
     start = time.perf_counter()
     if args.palette is not None:  # a shared palette: every pixel its nearest palette colour, nothing learned

@@ -34,6 +34,7 @@ __all__ = [
     "IMAGE_MODES",
     "NATIVE_MODES",
     "PNG_MODES",
+    "STORABLE_MODES",
     "COLOUR_CHANNELS",
     "QUANT_MODES",
     "ALPHA_KINDS",
@@ -101,6 +102,7 @@ _MODE_CODES = {name: code for code, name in IMAGE_MODES.items()}
 COLOUR_CHANNELS = {"1": 1, "L": 1, "LA": 1, "P": 3, "RGB": 3, "RGBA": 3, "CMYK": 4, "YCbCr": 3, "LAB": 3, "HSV": 3}
 NATIVE_MODES = tuple(COLOUR_CHANNELS)
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+STORABLE_MODES = tuple(sorted(set(NATIVE_MODES) | set(PNG_MODES)))  # every image mode a .kq file holds
 _ALPHA_MODES = ("LA", "RGBA")
 
 QUANT_MODES = ("rgb", "global", "channel")  # codes 0, 1, 2

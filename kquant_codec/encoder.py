@@ -38,6 +38,7 @@ from .container import (
     NATIVE_MODES,
     PNG_MODES,
     QUANT_MODES,
+    STORABLE_MODES,
     KqHeader,
     compress,
     labels_to_context_stream,
@@ -154,7 +155,7 @@ def encode_image(
     if not candidates:
         raise ValueError(
             f"cannot store image mode {img.mode!r} in a .kq file; convert it to one of "
-            f"{', '.join(sorted(set(NATIVE_MODES) | set(PNG_MODES)))} first"
+            f"{', '.join(STORABLE_MODES)} first"
         )
     return min(candidates, key=len)  # first of equals: native before PNG
 
@@ -593,6 +594,9 @@ _SMALL_IMAGE = 1 << 16  # pixels up to which the PNG fallback also tries the tru
 _QUICK_LEVEL_6_MAX_PIXELS = 1 << 21  # above, the quick PNG that decides whether to build the full one is level 1
 
 
+_ONE_BYTE_MODES = ("P", "L", "1")  # at most a byte per pixel: as cheap to deflate as a palette version
+
+
 def _png_options(version: Image.Image) -> dict[str, Any]:
     """Pillow's PNG options for a fallback candidate: ``optimize=True`` (zlib level 9), except for truecolour
     images above ``_SMALL_IMAGE`` pixels, which get Pillow's default level 6: level 9 costs about 1.6 s per
@@ -600,9 +604,6 @@ def _png_options(version: Image.Image) -> dict[str, Any]:
     if version.mode in _ONE_BYTE_MODES or version.width * version.height <= _SMALL_IMAGE:
         return {"optimize": True}
     return {"compress_level": 6}
-
-
-_ONE_BYTE_MODES = ("P", "L", "1")  # at most a byte per pixel: as cheap to deflate as a palette version
 
 
 def _grey_over_palette(img: Image.Image | _Deferred, palette: Image.Image) -> bool:
