@@ -547,12 +547,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
-    from kquant_codec import _native
+    from kquant_codec import kernel_backend
     from kquant_codec.interrupts import interrupt_seen, noting_sigint
 
-    if _native._wanted() not in _native.CHOICES:  # a setting, not a failure to write some output later
-        print(f"kquant: error: {_native.ENV} must be one of {', '.join(_native.CHOICES)}", file=sys.stderr)
+    try:  # a bad KQUANT_KERNELS is a setting to fix, not a failure to write some output later
+        kernel_backend()
+    except ValueError as exc:
+        print(f"kquant: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (ImportError, RuntimeError):
+        pass  # no usable kernels: commands that need none (info, palette show) still work; the others say why
 
     try:
         with noting_sigint():
@@ -581,15 +585,22 @@ def run() -> None:
     Once the work is done, Python still waits at exit for worker threads that are winding down; a Ctrl-C
     landing then used to print a ``KeyboardInterrupt`` traceback from ``threading._shutdown``. From here on,
     Ctrl-C ends the process at once with the exit code already decided (the outputs are complete)."""
-    code = main()
+    code: int | None = None
 
     def leave(signum: int, frame: object) -> None:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        os._exit(code)
+        os._exit(EXIT_INTERRUPTED if code is None else code)
 
-    signal.signal(signal.SIGINT, leave)
+    try:
+        code = main()
+        signal.signal(signal.SIGINT, leave)
+    except KeyboardInterrupt:  # before main's own handling began (imports, parsing) or just after it returned
+        signal.signal(signal.SIGINT, leave)
+        if code is None:
+            print("kquant: interrupted", file=sys.stderr)
+            code = EXIT_INTERRUPTED
     sys.exit(code)
 
 

@@ -268,3 +268,18 @@ def test_a_bad_kernels_setting_is_a_usage_error(tmp_path, photo):
     )
     assert r.returncode == 2 and "KQUANT_KERNELS must be one of" in r.stderr, r.stderr
     assert not (tmp_path / "x.kq").exists()
+
+
+def test_ctrl_c_before_the_command_starts_is_reported_not_a_traceback():
+    """A Ctrl-C while kquant is still importing or parsing (before main's own handling) exits 130 with one line,
+    as one during the work does; modelled by a main() interrupted at once."""
+    code = (
+        "import sys\n"
+        "from kquant_codec import cli\n"
+        "def interrupted(argv=None):\n"
+        "    raise KeyboardInterrupt\n"
+        "cli.main = interrupted\n"
+        "cli.run()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130 and r.stderr == "kquant: interrupted\n", (r.returncode, r.stderr)
