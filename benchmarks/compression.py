@@ -76,12 +76,6 @@ def load(data: bytes, fmt: str) -> None:
         im.load()
 
 
-def palette_png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(buf, "PNG", optimize=True)
-    return buf.getvalue()
-
-
 def exact_palette(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """Labels (H, W) uint8 and palette (m, 3) of an image with at most 256 colours."""
     arr = np.asarray(img.convert("RGB"))

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import signal
 import sys
@@ -189,6 +190,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _finite(value: object) -> object:
+    """``value`` with every infinite or NaN float as None (JSON has no Infinity: a PSNR of an exact copy)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(value: object) -> str:
+    """Strict JSON (RFC 8259) for ``--json``: infinities as null, anything else unusual as its string."""
+    return json.dumps(_finite(value), indent=2, default=str, allow_nan=False)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import kquant_codec as kq
     from kquant_codec.measure import png_bytes
@@ -206,7 +223,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     facts["png_bytes"] = png
     facts["ratio_vs_png"] = png / max(info.file_bytes, 1)
     if args.json:
-        print(json.dumps(facts, indent=2, default=str))
+        print(_json(facts))
         return EXIT_OK
     width = max(len(key) for key in facts)
     for key, value in facts.items():
@@ -223,10 +240,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _check_quantizable(img, name)
     rows = bench_image(img, args.k, args.mode, seed=args.seed)
     if args.json:
-        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        print(_json([r.as_dict() for r in rows]))
         return EXIT_OK
     print(f"{name}: {img.size[0]}x{img.size[1]} {img.mode}; PNG of the original: {rows[0].png_original_bytes} bytes")
-    print("ratio = PNG bytes / .kq bytes (above 1: .kq is smaller); qPNG = palette PNG of the quantized pixels")
+    print(
+        "ratio = PNG bytes / .kq bytes (above 1: .kq is smaller); qPNG = PNG of the quantized pixels (a palette PNG"
+        " up to 256 colours); errors over the colour bands (alpha is kept exact)"
+    )
     header = (
         f"{'mode':8} {'k':>4} {'.kq bytes':>10} {'payload':>7} {'qPNG bytes':>10} {'vs PNG':>7} {'vs qPNG':>7} "
         f"{'L1':>11} {'L2':>9} {'MSE':>8} {'PSNR dB':>7} {'enc s':>6} {'dec s':>6}"

@@ -54,6 +54,7 @@ DEFAULT_KS = (1, 2, 4, 8, 16, 32)
 REPORT_MODES = ("global", "channel", "rgb")
 FIGURES = {
     "grid": "grid.png",
+    "tradeoff": "tradeoff.png",
     "errors": "errors.png",
     "sizes": "sizes.png",
     "histograms": "histograms.png",
@@ -90,7 +91,8 @@ class ReportRow:
 
     colours : centroid table entries in use ("rgb": colours; "global": levels; "channel": levels per channel,
         the largest of the three). kq_bytes : ``len(encode_image(img, k=k, mode=mode))``; payload : "native"
-        or "png". png_quantized_bytes : palette PNG of the quantized image (``measure.png_bytes``).
+        or "png". png_quantized_bytes : PNG of the quantized image, a palette PNG up to 256 colours
+        (``measure.png_bytes``).
         webp_bytes : WebP lossless of the quantized image (``WEBP_OPTIONS``). png_original_bytes : PNG of the
         input (truecolour, ``optimize=True``). ratio : png_original_bytes / kq_bytes. l1 : sum of |delta| over
         all samples (intensity levels, 0-255 scale). l2 : sqrt of the sum of delta**2 (levels). mse : mean of
@@ -426,14 +428,23 @@ def _errors_figure(new_figure: Callable, m: _Measured) -> Any:
     ax_l1, ax_l2 = fig.subplots(1, 2)
     specs = (
         (ax_l1, "l1", "Absolute error (L1)", "L1 = \u03a3|\u0394| over all samples (levels)", "mean |\u0394|", 1.0),
-        (ax_l2, "l2", "Squared error (L2)", "L2 = \u221a(\u03a3\u0394\u00b2) over all samples (levels)", "RMSE", 0.5),
+        (
+            ax_l2,
+            "l2",
+            "L2 error (\u221a\u03a3\u0394\u00b2)",
+            "L2 = \u221a(\u03a3\u0394\u00b2) over all samples (levels)",
+            "RMSE",
+            0.5,
+        ),
     )
     for ax, key, title, ylabel, per_sample, power in specs:
         any_positive = False
         for mode in m.modes:
             values = [getattr(m.cells[mode, k].row, key) for k in m.ks]
             any_positive |= any(v > 0 for v in values)
-            ax.plot(m.ks, values, marker="o", lw=2, color=_MODE_COLOURS[mode], label=mode)
+            # a log axis clips a segment to 0 into a false vertical drop: break the line there (see _mark_exact)
+            shown = [v if v > 0 else math.nan for v in values]
+            ax.plot(m.ks, shown, marker="o", lw=2, color=_MODE_COLOURS[mode], label=mode)
         _k_axis(ax, m.ks)
         if any_positive:
             _plain_log_y(ax)
@@ -449,6 +460,71 @@ def _errors_figure(new_figure: Callable, m: _Measured) -> Any:
     return fig
 
 
+_QPNG = "PNG (palette up to 256 colours)"
+
+
+def _size_text(n: int) -> str:
+    """Bytes as a short label: 498 bytes, 12.3 kB, 481 kB, 2.61 MB (1 kB = 1000 bytes)."""
+    if n < 1000:
+        return f"{n} bytes"
+    if n < 100_000:
+        return f"{n / 1e3:.3g} kB"
+    if n < 1_000_000:
+        return f"{n / 1e3:.0f} kB"
+    return f"{n / 1e6:.3g} MB"
+
+
+def _tradeoff_figure(new_figure: Callable, m: _Measured) -> Any:
+    """PSNR against .kq bytes (rate-distortion): which mode and k give the best image for the bytes."""
+    from matplotlib.transforms import blended_transform_factory
+
+    fig = new_figure(figsize=(11, 6.4))
+    ax = fig.subplots()
+    at_top = blended_transform_factory(ax.transData, ax.transAxes)
+    exact_labelled = False
+    for mode in m.modes:
+        rows = [m.cells[mode, k].row for k in m.ks]
+        finite = [r for r in rows if math.isfinite(r.psnr)]
+        colour = _MODE_COLOURS[mode]
+        ax.plot([r.kq_bytes / _KB for r in finite], [r.psnr for r in finite], "o-", lw=2, color=colour, label=mode)
+        for r in finite:
+            ax.annotate(
+                f"{r.k}",
+                (r.kq_bytes / _KB, r.psnr),
+                textcoords="offset points",
+                xytext=(5, -11),
+                fontsize=9,
+                color=colour,
+            )
+        exact = [r for r in rows if not math.isfinite(r.psnr)]
+        if exact:
+            label = None if exact_labelled else "exact copy (PSNR \u221e), on the top edge"
+            ax.plot(
+                [r.kq_bytes / _KB for r in exact],
+                [0.98] * len(exact),
+                "^",
+                ms=9,
+                color=colour,
+                transform=at_top,
+                label=label,
+            )
+            exact_labelled = True
+    ax.axvline(
+        m.png_original_bytes / _KB,
+        color="black",
+        ls="-.",
+        lw=1.2,
+        label=f"PNG of the original ({_size_text(m.png_original_bytes)})",
+    )
+    ax.set_xscale("log")
+    _plain_labels(ax.xaxis)
+    ax.set_xlabel(".kq file size (kB, 1 kB = 1000 bytes), log scale")
+    ax.set_ylabel("PSNR (dB, higher is closer to the original)")
+    ax.set_title("Quality against file size (numbers next to the points: k); up and to the left is better")
+    ax.legend(title="mode", loc="lower right", fontsize=10)
+    return fig
+
+
 def _sizes_figure(new_figure: Callable, m: _Measured) -> Any:
     n = len(m.modes)
     fig = new_figure(figsize=(14, 5.2 * math.ceil((n + 1) / 2)))
@@ -459,9 +535,15 @@ def _sizes_figure(new_figure: Callable, m: _Measured) -> Any:
     for ax, mode in zip(size_axes, m.modes, strict=True):
         rows = [m.cells[mode, k].row for k in m.ks]
         ax.plot(m.ks, [r.kq_bytes / _KB for r in rows], "o-", lw=2.5, color=_MODE_COLOURS[mode], label=".kq")
-        ax.plot(m.ks, [r.png_quantized_bytes / _KB for r in rows], "s--", color="#555555", label="palette PNG")
+        ax.plot(m.ks, [r.png_quantized_bytes / _KB for r in rows], "s--", color="#555555", label=_QPNG)
         ax.plot(m.ks, [r.webp_bytes / _KB for r in rows], "^:", lw=2, color="#8c564b", label=webp)
-        ax.axhline(original_kb, color="black", ls="-.", lw=1.2, label=f"PNG of the original ({original_kb:,.0f} kB)")
+        ax.axhline(
+            original_kb,
+            color="black",
+            ls="-.",
+            lw=1.2,
+            label=f"PNG of the original ({_size_text(m.png_original_bytes)})",
+        )
         _k_axis(ax, m.ks)
         _plain_log_y(ax)
         ax.set_ylabel("file size (kB, 1 kB = 1000 bytes)")
@@ -481,7 +563,7 @@ def _sizes_figure(new_figure: Callable, m: _Measured) -> Any:
     ax.legend(title="mode", loc="best", fontsize=10)
     for extra in axes[n + 1 :]:
         extra.axis("off")
-    fig.suptitle("File size against k: .kq, palette PNG and WebP lossless of the quantized image")
+    fig.suptitle("File size against k: .kq, PNG and WebP lossless of the quantized image")
     return fig
 
 
@@ -609,7 +691,7 @@ def _fmt_psnr(psnr: float) -> str:
 def _table_html(rows: list[ReportRow]) -> str:
     head = (
         "<tr><th>mode</th><th>k</th><th>colours / levels used</th><th>.kq bytes</th><th>payload</th>"
-        "<th>ratio (PNG of original / .kq)</th><th>palette PNG bytes</th><th>WebP lossless bytes</th>"
+        "<th>ratio (PNG of original / .kq)</th><th>quantized PNG bytes</th><th>WebP lossless bytes</th>"
         "<th>L1 (levels)</th><th>L2 (levels)</th><th>MSE (levels\u00b2)</th><th>PSNR (dB)</th></tr>"
     )
     body = []
@@ -664,6 +746,13 @@ def _html(m: _Measured, title: str, input_name: str, input_bytes: int | None, so
             "downscaled for display; the PSNR (dB, higher is closer to the original) is of the full image.",
         ),
         (
+            "Quality against file size",
+            "tradeoff",
+            "PSNR of each quantized image against the bytes of its <code>.kq</code> file, one line per mode, each "
+            "point labelled with its k. Up and to the left is better: at a given file size, the highest line is "
+            "the mode to use. Exact copies (PSNR \u221e) sit on the top edge.",
+        ),
+        (
             "Error against k",
             "errors",
             "Left: absolute error L1 = \u03a3|\u0394| over all samples; right: L2 = \u221a(\u03a3\u0394\u00b2). "
@@ -673,7 +762,8 @@ def _html(m: _Measured, title: str, input_name: str, input_bytes: int | None, so
         (
             "File size against k",
             "sizes",
-            f"Bytes of the <code>.kq</code> file, a palette PNG and {webp} of the same quantized pixels, and the PNG "
+            f"Bytes of the <code>.kq</code> file, a PNG (a palette PNG up to 256 colours) and {webp} of the same "
+            "quantized pixels, and the PNG "
             "of the original as a reference line (kB = 1000 bytes). Last panel: how many times smaller the "
             "<code>.kq</code> file is than the original's PNG.",
         ),
@@ -813,6 +903,7 @@ def write_report(
         measured = _measure(img, ks_, modes_, seed, threads, step)
         drawers = {
             "grid": _grid_figure,
+            "tradeoff": _tradeoff_figure,
             "errors": _errors_figure,
             "sizes": _sizes_figure,
             "histograms": _histograms_figure,

@@ -283,3 +283,26 @@ def test_ctrl_c_before_the_command_starts_is_reported_not_a_traceback():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 130 and r.stderr == "kquant: interrupted\n", (r.returncode, r.stderr)
+
+
+def test_bench_json_is_strict_and_errors_leave_exact_alpha_out(tmp_path, photo):
+    """An exact copy's PSNR is null, not Infinity (which strict JSON readers refuse); an RGBA image's errors are
+    those of its colour bands (alpha is kept exact: counting it diluted MSE by 3/4), checked against numpy."""
+    rgba = Image.open(photo).convert("RGB").resize((96, 64))
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    src = tmp_path / "rgba.png"
+    rgba.save(src)
+    r = run("bench", str(src), "-k", "4", "256", "--mode", "rgb", "global", "--json")
+    assert r.returncode == 0, r.stderr
+
+    def strict(constant):
+        raise AssertionError(f"not JSON: {constant}")
+
+    rows = json.loads(r.stdout, parse_constant=strict)
+    by = {(row["mode"], row["k"]): row for row in rows}
+    assert by["global", 256]["psnr"] is None and by["global", 256]["mse"] == 0
+    quantized = rgba.filter(kquant_codec.KMeansQuantize(4, mode="rgb"))
+    d = np.asarray(rgba)[:, :, :3].astype(float) - np.asarray(quantized)[:, :, :3]
+    row = by["rgb", 4]
+    assert row["l1"] == np.abs(d).sum() and row["mse"] == pytest.approx((d**2).mean(), rel=1e-12)
+    assert row["psnr"] == pytest.approx(10 * np.log10(255**2 / (d**2).mean()), rel=1e-12)

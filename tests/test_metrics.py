@@ -60,3 +60,45 @@ def test_palette_and_bilevel_images_are_compared_by_what_they_show(china_small):
     assert mse(white, np.asarray(white)) == 0
     assert mse(black, white) == 255**2 and absolute_error(black, white) == 8 * 255
     assert psnr(black, white) == 0.0
+
+
+def test_float_samples_keep_their_fractions_and_need_a_peak():
+    """Floats are compared in float64 (they were truncated to integers); skimage is the reference."""
+    from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
+
+    rng = np.random.default_rng(1)
+    a = rng.random((20, 30, 3))
+    b = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1)
+    assert mse(a, b) == pytest.approx(mean_squared_error(a, b), rel=1e-12)
+    assert absolute_error(a, b) == pytest.approx(np.abs(a - b).sum(), rel=1e-12)
+    assert squared_error(a, b) == pytest.approx(((a - b) ** 2).sum(), rel=1e-12)
+    assert psnr(a, b, peak=1.0) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1.0), rel=1e-12)
+    with pytest.raises(ValueError, match="needs peak="):
+        psnr(a, b)
+    from PIL import Image
+
+    f1, f2 = Image.fromarray(a[:, :, 0].astype(np.float32)), Image.fromarray(b[:, :, 0].astype(np.float32))
+    assert mse(f1, f2) == pytest.approx(mean_squared_error(np.asarray(f1), np.asarray(f2)), rel=1e-6)
+
+
+def test_the_peak_follows_the_sample_type():
+    from PIL import Image
+    from skimage.metrics import peak_signal_noise_ratio
+
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 65536, (16, 16), dtype=np.uint16)
+    b = rng.integers(0, 65536, (16, 16), dtype=np.uint16)
+    want = peak_signal_noise_ratio(a, b, data_range=65535)
+    assert psnr(a, b) == pytest.approx(want, rel=1e-12)
+    assert psnr(Image.fromarray(a), Image.fromarray(b)) == pytest.approx(want, rel=1e-12)  # I;16 images
+    bits_a, bits_b = rng.random((8, 8)) < 0.5, rng.random((8, 8)) < 0.5
+    assert psnr(bits_a, bits_b) == pytest.approx(10 * np.log10(1 / np.mean(bits_a != bits_b)), rel=1e-12)
+    assert psnr(a.astype(np.int64), b.astype(np.int64), peak=65535) == pytest.approx(want, rel=1e-12)
+    for x, y in [(a.astype(np.int64), b.astype(np.int64)), (a.astype(np.uint8), b), (bits_a, bits_a.astype(np.uint8))]:
+        with pytest.raises(ValueError, match="needs peak="):
+            psnr(x, y)
+    for bad in (0, -1.0, math.inf, math.nan, "255", True):
+        with pytest.raises(ValueError, match="peak must be"):
+            psnr(a, b, peak=bad)
+    with pytest.raises(ValueError, match="dtype"):
+        mse(np.array(["a"]), np.array(["b"]))

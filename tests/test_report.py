@@ -138,7 +138,7 @@ def test_table_numbers_equal_independent_references(report, small):
         quantized = quantize_image(small, k, mode)  # a second, independent fit: the single-image path
         assert _int(r[col[".kq bytes"]]) == len(kq)
         assert r[col["ratio"]] == f"{original_png / len(kq):.2f}"
-        assert _int(r[col["palette PNG bytes"]]) == png_bytes(quantized)
+        assert _int(r[col["quantized PNG bytes"]]) == png_bytes(quantized)
         buf = io.BytesIO()
         quantized.save(buf, format="WEBP", **WEBP_OPTIONS)
         assert _int(r[col["WebP lossless bytes"]]) == buf.tell()
@@ -235,3 +235,32 @@ def test_cli_writes_a_report_and_force_overwrites(small, tmp_path, capsys):
     assert (out / "numbers.csv").read_bytes() == first  # deterministic
     assert (out / "notes.txt").read_text() == "mine"
     assert capsys.readouterr().err == ""
+
+
+def test_figures_plot_the_measured_numbers_and_break_lines_at_an_exact_zero(small):
+    """The quality-size figure's points are (kq bytes / 1000, PSNR) of the table, exact copies off the line; an
+    error of 0 breaks the error line (a log axis drew it as a false drop at the previous k)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from kquant_codec import report as rep
+
+    def new_figure(**kwargs):
+        fig = Figure(**kwargs)
+        FigureCanvasAgg(fig)
+        return fig
+
+    ks = (2, 16, 256)
+    m = rep._measure(small, ks, MODES, 0, 2, None)
+    (ax,) = rep._tradeoff_figure(new_figure, m).axes
+    lines = {line.get_label(): line for line in ax.lines}
+    for mode in MODES:
+        rows = [m.cells[mode, k].row for k in ks]
+        finite = [r for r in rows if math.isfinite(r.psnr)]
+        assert list(lines[mode].get_xdata()) == [r.kq_bytes / 1000 for r in finite]
+        assert list(lines[mode].get_ydata()) == [r.psnr for r in finite]
+    assert len(finite) == 3 and m.cells["global", 256].row.psnr == math.inf  # the crop is exact at k = 256 (global)
+    ax_l1, _ = rep._errors_figure(new_figure, m).axes[:2]
+    global_line = next(line for line in ax_l1.lines if line.get_label() == "global")
+    ys = list(global_line.get_ydata())
+    assert ys[:2] == [m.cells["global", k].row.l1 for k in (2, 16)] and math.isnan(ys[2])
