@@ -18,7 +18,8 @@ Pipeline of ``fit_palette``
    pngquant's error on every sample photo (plain Lloyd sometimes lands above it).
 4. Polish: Lloyd on finer bins or on all distinct colours (numba: all distinct colours, exact nearest
    centre with triangle-inequality pruning, previous labels as guesses).
-5. Integer stage: centres rounded to uint8, then Lloyd with rounded centres while the error falls; the
+5. Integer stage: centres rounded to uint8, then Lloyd with rounded centres while the error falls (first
+   rounding the 1/FIX-grid means, then the exact means: a group's best uint8 centre); the
    palette is sorted and every distinct colour gets its exact label against the final order.
 6. Labels of every pixel: a colour -> label table (2**(8C) entries for C <= 3; a sorted search for more
    channels) and one gather. Nothing is ever a pixels x k distance matrix: nearest-centre searches run once
@@ -252,6 +253,24 @@ def _means(mass, sums):
     return (2 * sums[keep] + m) // (2 * m), keep
 
 
+def _whole_means(mass, sums):
+    """``_means`` rounded once to whole channel values (in 1/FIX units): per channel, the best uint8 centre of
+    each group. Rounding the 1/FIX-grid mean instead rounds twice (145.47 -> 145.5 -> 146, not 145)."""
+    keep = mass > 0
+    m = mass[keep, None]
+    return (2 * sums[keep] + FIX * m) // (2 * FIX * m) * FIX, keep
+
+
+def _integer_trial(phase, mass, sums):
+    """The next rounded centres: phase 0 rounds the 1/FIX-grid means (the long-standing path, kept because its
+    stopping points are as good on average), phase 1 the exact means once (never raises the error: it only runs
+    on from where phase 0 stopped, and a step is taken only when the error falls)."""
+    if phase == 0:
+        new, keep = _means(mass, sums)
+        return _to_uint8_grid(new), keep
+    return _whole_means(mass, sums)
+
+
 def _lloyd(p, w, c, iters, K=None):
     """Weighted Lloyd on the 1/FIX grid; emptied centres are dropped. Returns (centres, index, error).
 
@@ -448,17 +467,17 @@ def _integer_refine(P, W, c, rounds, K=None):
     cur = np.unique(_to_uint8_grid(c), axis=0)
     g, d = _nearest(P, cur)
     err = int((d * W).sum())
-    for _ in range(rounds):
-        mass, s = _sums(P, W, g, cur.shape[0])
-        new, keep = _means(mass, s)
-        trial = _to_uint8_grid(new)
-        if not keep.all() or np.array_equal(trial, cur):
-            break
-        tg, td = _nearest_moved(P, trial, g.copy(), d.copy(), (trial != cur).any(axis=1))
-        te = int((td * W).sum())
-        if te >= err:
-            break
-        cur, g, d, err = trial, tg, td, te
+    for phase in (0, 1):
+        for _ in range(rounds):
+            mass, s = _sums(P, W, g, cur.shape[0])
+            trial, keep = _integer_trial(phase, mass, s)
+            if not keep.all() or np.array_equal(trial, cur):
+                break
+            tg, td = _nearest_moved(P, trial, g.copy(), d.copy(), (trial != cur).any(axis=1))
+            te = int((td * W).sum())
+            if te >= err:
+                break
+            cur, g, d, err = trial, tg, td, te
     pal = np.unique(cur, axis=0)  # rows sorted as tuples, duplicates merged
     if not np.array_equal(pal, cur):
         g, d = _nearest(P, pal)  # exact labels against the final order
@@ -475,17 +494,18 @@ def _integer_refine_compiled(K, P, W, c, rounds):
     cur = np.ascontiguousarray(np.unique(_to_uint8_grid(c), axis=0))
     g = K.guess_labels(P, cur, FIX)
     err = K.assign(P, cur, g, W)
-    for _ in range(rounds):
-        mass, s = K.group_sums(P, W, g, cur.shape[0])
-        new, keep = _means(mass, s)
-        trial = np.ascontiguousarray(_to_uint8_grid(new))
-        if not keep.all() or np.array_equal(trial, cur):
-            break
-        tg = g.copy()
-        te = K.assign(P, trial, tg, W, cur)
-        if te >= err:
-            break
-        cur, g, err = trial, tg, te
+    for phase in (0, 1):
+        for _ in range(rounds):
+            mass, s = K.group_sums(P, W, g, cur.shape[0])
+            trial, keep = _integer_trial(phase, mass, s)
+            trial = np.ascontiguousarray(trial)
+            if not keep.all() or np.array_equal(trial, cur):
+                break
+            tg = g.copy()
+            te = K.assign(P, trial, tg, W, cur)
+            if te >= err:
+                break
+            cur, g, err = trial, tg, te
     pal = np.unique(cur, axis=0)  # rows sorted as tuples, duplicates merged
     if not np.array_equal(pal, cur):
         _, inv = np.unique(cur, axis=0, return_inverse=True)

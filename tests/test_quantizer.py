@@ -218,3 +218,20 @@ def test_scikit_learn_protocol_get_params_set_params_and_clone(china_small):
     assert len(q.fit(arr).centroids_) == 2
     with pytest.raises(ValueError, match="invalid parameter 'colours'"):
         q.set_params(colours=4)
+
+
+@pytest.mark.parametrize("name", ["china", "flower"])
+def test_rgb_k_1_is_the_exact_uint8_optimum(name):
+    """At k = 1 the best uint8 centre is the per-channel mean rounded once; the integer stage rounded the
+    mean on its 1/4 grid first (china's green mean 145.469 -> 145.5 -> 146), a slightly larger error."""
+    from sklearn.datasets import load_sample_image
+
+    img = load_sample_image(f"{name}.jpg")
+    flat = img.reshape(-1, 3).astype(np.int64)
+    q = KMeansQuantizer(1).fit(img)
+    best = np.floor(flat.mean(axis=0) + 0.5).astype(np.int64)
+    assert q.centroids_.tolist() == [best.tolist()]
+    assert q.inertia_ == int(((flat - best) ** 2).sum())
+    for c in range(3):  # brute force: no other level does better in any channel
+        errs = [int(((flat[:, c] - v) ** 2).sum()) for v in range(256)]
+        assert errs[best[c]] == min(errs)
