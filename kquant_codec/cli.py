@@ -522,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="HTML report with figures for choosing k and mode")
     report.add_argument("input", nargs="?", help="image to report on (default: china.jpg from scikit-learn)")
     report.add_argument("-o", "--output", required=True, help="folder for index.html and the figures")
-    report.add_argument("-k", type=_k_value, nargs="+", default=[1, 2, 4, 8, 16, 32], help="the k values")
+    report.add_argument(
+        "-k", type=_k_value, nargs="+", default=[2, 4, 8, 16, 32, 64], help="the k values (default: 2 4 8 16 32 64)"
+    )
     report.add_argument("--seed", type=_seed_value, default=0, help="k-means++ seed (default: 0)")
     report.add_argument("--force", action="store_true", help="overwrite the report files of an earlier run")
     report.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

@@ -50,7 +50,7 @@ __all__ = [
     "write_report",
 ]
 
-DEFAULT_KS = (1, 2, 4, 8, 16, 32)
+DEFAULT_KS = (2, 4, 8, 16, 32, 64)  # k = 1, one flat colour, only stretched the axes
 REPORT_MODES = ("global", "channel", "rgb")
 FIGURES = {
     "grid": "grid.png",

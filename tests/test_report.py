@@ -32,7 +32,7 @@ from kquant_codec.report import (
 
 pytest.importorskip("matplotlib")
 
-KS = (1, 2, 4, 8, 16, 32)
+KS = (2, 4, 8, 16, 32, 64)
 MODES = ("global", "channel", "rgb")
 
 
@@ -264,3 +264,11 @@ def test_figures_plot_the_measured_numbers_and_break_lines_at_an_exact_zero(smal
     global_line = next(line for line in ax_l1.lines if line.get_label() == "global")
     ys = list(global_line.get_ydata())
     assert ys[:2] == [m.cells["global", k].row.l1 for k in (2, 16)] and math.isnan(ys[2])
+
+
+def test_the_cli_default_ks_are_the_library_defaults():
+    from kquant_codec.cli import build_parser
+    from kquant_codec.report import DEFAULT_KS
+
+    args = build_parser().parse_args(["report", "-o", "out"])
+    assert tuple(args.k) == DEFAULT_KS
