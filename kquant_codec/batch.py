@@ -706,6 +706,26 @@ def _log_default(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def _check_summary_path(path: Path, out_dir: Path) -> None:
+    """Refuse a summary path that could destroy something: it must end in ``.json``, be in a folder that exists
+    (or the output folder), and be new or a summary of an earlier run (never an image, an output, other data)."""
+    if path.suffix.lower() != ".json":
+        raise BatchError(f"{path}: the summary is JSON; give a path ending in .json", "output")
+    if path.parent != out_dir and not path.parent.is_dir():
+        raise BatchError(f"{path}: no such folder for the summary: {path.parent}", "output")
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir():
+        raise BatchError(f"{path}: the summary path is a folder", "output")
+    try:
+        with open(path, "rb") as fh:
+            facts = json.loads(fh.read(1 << 22)) if path.is_file() else None
+    except (OSError, ValueError):
+        facts = None
+    if not (isinstance(facts, dict) and {"input_dir", "output_dir", "parameters", "found"} <= facts.keys()):
+        raise BatchError(f"{path}: exists and is not a kquant batch summary; refusing to overwrite it", "output")
+
+
 def run_batch(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -775,11 +795,12 @@ def run_batch(
             params.update(mode="rgb", seed=None, palette_sha256=hashlib.sha256(pal.tobytes()).hexdigest())
         params["version"] = kq.__version__
     workers = _core_count() if jobs == 0 else jobs
+    summary_file = Path(summary_path).resolve() if summary_path is not None else out_dir / SUMMARY_NAME
+    _check_summary_path(summary_file, out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BatchError(f"{output_dir}: cannot create the folder: {exc.strerror or exc}", "output") from None
-    summary_file = Path(summary_path).resolve() if summary_path is not None else out_dir / SUMMARY_NAME
     shown_params = dict(params, palette_file=str(palette) if palette is not None else None)
     summary = BatchSummary(str(in_dir), str(out_dir), shown_params, None if scheduler else workers, scheduler)
     start = time.perf_counter()
@@ -792,7 +813,6 @@ def run_batch(
         summary.wall_seconds = time.perf_counter() - start
         summary.summary_path = str(summary_file)
         try:
-            summary_file.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(summary_file, force=True) as fh:
                 fh.write((json.dumps(summary.as_dict(), indent=2) + "\n").encode())
         except OSError as exc:

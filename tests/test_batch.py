@@ -446,3 +446,43 @@ def test_a_worker_starting_up_survives_ctrl_c():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
     assert "Traceback" not in out.stderr and "KeyboardInterrupt" not in out.stderr
+
+
+def test_the_summary_never_overwrites_an_input_an_output_or_other_data(tree, tmp_path):
+    """--summary pointed at an input image, at an unrelated file or at an output was overwritten with JSON
+    (exit 0); a missing folder was created. Now each is refused before any work (exit 4), and a summary of
+    an earlier run is still replaced."""
+    out = tmp_path / "out"
+    image = (tree / "a.png").read_bytes()
+    other = tmp_path / "notes.json"
+    other.write_text('{"mine": 1}')
+    for target, why in [
+        (tree / "a.png", "ending in .json"),
+        (out / "a.kq", "ending in .json"),
+        (other, "not a kquant batch summary"),
+        (tmp_path / "missing" / "s.json", "no such folder"),
+    ]:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kquant_codec.cli",
+                "batch",
+                str(tree),
+                str(out),
+                "-k",
+                "4",
+                "--no-progress",
+                "--summary",
+                str(target),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 4 and why in r.stderr, (target, r.returncode, r.stderr)
+    assert (tree / "a.png").read_bytes() == image and other.read_text() == '{"mine": 1}'
+    assert not (tmp_path / "missing").exists() and not (out / "a.kq").exists()
+    summary = tmp_path / "s.json"
+    for _ in range(2):  # the second run replaces the first run's summary
+        assert _cli("batch", str(tree), str(out), "-k", "4", "--no-progress", "--summary", str(summary)) == 0
+        assert json.loads(summary.read_text())["output_dir"] == str(out.resolve())
