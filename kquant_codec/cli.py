@@ -106,6 +106,8 @@ def _write_image(img, output: str, *, force: bool, inputs: tuple, fmt: str | Non
         check_output_path(output, force=force, inputs=inputs)
     except OutputExistsError as exc:
         raise CliError(str(exc), EXIT_OUTPUT) from None
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise CliError(f"{output}: cannot write: {exc.strerror or exc}", EXIT_OUTPUT) from None
     if fmt is None:
         ext = Path(output).suffix.lower()
         fmt = Image.registered_extensions().get(ext)

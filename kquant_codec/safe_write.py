@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +27,26 @@ def check_output_path(output: str | os.PathLike, *, force: bool = False, inputs:
             raise OutputExistsError(f"refusing to write {out}: it is the input file")
     if out.is_dir():  # before "exists": --force would not help
         raise OutputExistsError(f"{out} is a directory")
+    _refuse_special(out)
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists (use --force to overwrite)")
     return out
+
+
+def _refuse_special(path: Path) -> None:
+    """A device, FIFO or socket cannot be replaced by renaming a finished file over it (that would swap
+    /dev/null for a regular file): refuse it, --force or not."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise OutputExistsError(f"{path} is not a regular file (a device, FIFO or socket); write to a file")
+
+
+def _temp_prefix(name: str) -> str:
+    """``.<name>.`` for mkstemp, shortened in the middle for names near the 255-byte limit (the temporary name
+    adds 14 characters); the end, with the extension, is kept so that batch can still recognise it."""
+    raw = os.fsencode(name)
+    if len(raw) > 241:  # cut on bytes; a character split at a cut is dropped
+        name = raw[:100].decode(errors="ignore") + "~" + raw[-140:].decode(errors="ignore")
+    return f".{name}."
 
 
 def _default_file_mode() -> int:
@@ -47,13 +65,18 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[B
     at most a stray ``.<name>.*.tmp`` file, never a truncated ``path``.
     """
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    _refuse_special(target)
+    try:  # an overwritten file keeps its permissions (0600 stays 0600)
+        file_mode = stat.S_IMODE(os.stat(target).st_mode) if target.is_file() else _default_file_mode()
+    except OSError:
+        file_mode = _default_file_mode()
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-            os.fchmod(fh.fileno(), _default_file_mode())  # mkstemp makes 0600; give the usual 0666 & ~umask
+            os.fchmod(fh.fileno(), file_mode)  # mkstemp makes 0600; else the usual 0666 & ~umask
         if not force and target.exists():
             raise OutputExistsError(f"{target} appeared while writing (use --force to overwrite)")
         os.replace(tmp_name, target)

@@ -306,3 +306,23 @@ def test_bench_json_is_strict_and_errors_leave_exact_alpha_out(tmp_path, photo):
     row = by["rgb", 4]
     assert row["l1"] == np.abs(d).sum() and row["mse"] == pytest.approx((d**2).mean(), rel=1e-12)
     assert row["psnr"] == pytest.approx(10 * np.log10(255**2 / (d**2).mean()), rel=1e-12)
+
+
+def test_special_files_long_names_and_permissions_of_outputs(tmp_path, photo):
+    """--force renamed a finished file over a FIFO (as root: over /dev/null); a name the file system refuses
+    was an internal error, and one near the limit failed on the temporary name; an overwritten 0600 file
+    became 0644."""
+    fifo = tmp_path / "out.kq"
+    os.mkfifo(fifo)
+    r = run("encode", str(photo), str(fifo), "-k", "2", "--force")
+    assert r.returncode == 4 and "not a regular file" in r.stderr and fifo.is_fifo(), r.stderr
+    near = tmp_path / ("n" * 245 + ".kq")  # 248 bytes: allowed, though mkstemp's name would exceed 255
+    assert run("encode", str(photo), str(near), "-k", "2").returncode == 0 and near.stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    r = run("encode", str(photo), str(tmp_path / ("n" * 300 + ".kq")), "-k", "2")
+    assert r.returncode == 4 and "File name too long" in r.stderr, r.stderr
+    private = tmp_path / "private.kq"
+    assert run("encode", str(photo), str(private), "-k", "2").returncode == 0
+    private.chmod(0o600)
+    assert run("encode", str(photo), str(private), "-k", "4", "--force").returncode == 0
+    assert private.stat().st_mode & 0o777 == 0o600
