@@ -672,6 +672,13 @@ def _uvarint(v: int) -> bytes:
             return bytes(out)
 
 
+def max_stripes(h: int, w: int) -> int:
+    """The most stripes a plane stream of an h x w image may have (spec 16.2): max(64, h w / 1024). Every
+    stripe costs a reader a fixed set-up of its models (about 0.8 MB here); the reference encoder's stripes
+    hold at least 65,536 pixels each (all but the last), far inside this."""
+    return max(64, h * w // 1024)
+
+
 def _read_uvarint(data: bytes, pos: int, limit: int = 1 << 40) -> tuple[int, int]:
     """A uvarint of at most 6 bytes (spec 16.1) at data[pos:], no larger than limit -> (value, next pos)."""
     v = 0
@@ -752,7 +759,7 @@ def encode_plane(
         raise ValueError("ref must have the shape of labels")
     if stripe_rows is None:
         stripe_rows = max(1, -(-DEFAULT_STRIPE_PIXELS // w))
-    stripe_rows = int(min(max(1, stripe_rows), MAX_STRIPE_ROWS, h))
+    stripe_rows = int(min(max(1, stripe_rows, -(-h // max_stripes(h, w))), MAX_STRIPE_ROWS, h))
     # Escape base per (L, T), filled lazily and shared by all stripes: a pure function of the keys, so stripes
     # running at once at worst compute the same entry twice.
     avg = np.full((m, m), -1, np.int16)
@@ -790,6 +797,8 @@ def decode_plane(data: bytes, h: int, w: int, m: int, keys: np.ndarray | None, r
     if not 1 <= stripe_rows <= min(h, MAX_STRIPE_ROWS):
         raise ValueError(f"bad stripe height {stripe_rows}")
     ns = -(-h // stripe_rows)
+    if ns > max_stripes(h, w):  # each stripe sets up its models afresh: tiny ones would make decoding slow
+        raise ValueError(f"{ns} stripes of {stripe_rows} rows: at most {max_stripes(h, w)} for {w}x{h}")
     lens = []  # in 16-bit words
     for _ in range(ns - 1):
         n, pos = _read_uvarint(data, pos, len(data))

@@ -31,6 +31,7 @@ from .label_coder import (
     _rans_encode,
     _read_uvarint,
     _uvarint,
+    max_stripes,
 )
 
 __all__ = ["encode_plane", "decode_plane", "encode_label_planes", "decode_label_planes", "STREAM_VERSION"]
@@ -671,7 +672,7 @@ def encode_plane(
         refl, refr = np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.int16)
     if stripe_rows is None:
         stripe_rows = max(1, -(-DEFAULT_STRIPE_PIXELS // w))
-    stripe_rows = int(min(max(1, stripe_rows), MAX_STRIPE_ROWS, h))
+    stripe_rows = int(min(max(1, stripe_rows, -(-h // max_stripes(h, w))), MAX_STRIPE_ROWS, h))
     res = np.empty((h, w), np.int16)
     notice_first_compile(_stripe_kernel, "predictive coder", "15-30")
 
@@ -711,6 +712,8 @@ def decode_plane(
     if not 1 <= stripe_rows <= min(h, MAX_STRIPE_ROWS):
         raise ValueError(f"bad stripe height {stripe_rows}")
     ns = -(-h // stripe_rows)
+    if ns > max_stripes(h, w):  # each stripe sets up its models afresh: tiny ones would make decoding slow
+        raise ValueError(f"{ns} stripes of {stripe_rows} rows: at most {max_stripes(h, w)} for {w}x{h}")
     lens = []  # in 16-bit words
     for _ in range(ns - 1):
         n, pos = _read_uvarint(data, pos, len(data))

@@ -438,7 +438,7 @@ def join_label_stream(pss):
     return out
 
 
-def parse_plane_header(ps, H, allowed_flags):
+def parse_plane_header(ps, H, W, allowed_flags):
     if len(ps) < 2:
         fail("truncated plane header")
     if ps[0] != 1:
@@ -450,6 +450,8 @@ def parse_plane_header(ps, H, allowed_flags):
     if not (1 <= S <= min(H, 65536)):
         fail("S out of range")
     N = (H + S - 1) // S
+    if N > max(64, H * W // 1024):
+        fail("too many stripes")
     lens = []
     for _i in range(N - 1):
         n_words, pos = read_uvarint(ps, pos)
@@ -662,7 +664,7 @@ def c3_keys(m, table_keys, flags):
 
 
 def c3_plane(ps, m, table_keys, H, W, plane_idx, U, log=None):
-    flags, S, N, stripes = parse_plane_header(ps, H, 0x03)
+    flags, S, N, stripes = parse_plane_header(ps, H, W, 0x03)
     if flags & 2 and plane_idx == 0:
         fail("reference flag on plane 0")
     keys = c3_keys(m, table_keys, flags)
@@ -947,7 +949,7 @@ def c4_stripe(cd, m, ref, exact, Urows, Frows, nrows, W, target=None, Epre=None,
 
 
 def c4_plane(ps, m, H, W, plane_idx, Uplane, Fplane, log=None, trace=None):
-    flags, S, N, stripes = parse_plane_header(ps, H, 0x03)
+    flags, S, N, stripes = parse_plane_header(ps, H, W, 0x03)
     if flags & 1 and plane_idx == 0:
         fail("reference flag on plane 0")
     ref = bool(flags & 1)

@@ -183,3 +183,26 @@ def test_codec_4_streams_are_the_reference_encoders_bytes(seed):
         ours_second, _ = predictive_coder.encode_plane(second, m, (first, residuals), stripe_rows=stripe, exact=exact)
         theirs_second, _ = reference.c4_encode_plane(second, m, flags | 1, first, their_residuals, stripe)
         assert ours_second == theirs_second, f"m={m} exact={exact} S={stripe}, reference plane"
+
+
+@pytest.mark.parametrize("codec", [3, 4])
+def test_a_plane_of_too_many_stripes_is_refused_by_both(codec):
+    """Spec 16.2: at most max(64, H W / 1024) stripes. 200,000 five-pixel stripes (a 1 MB file) took ours 30 s
+    and a 16.7-megapixel one ran out of memory; each stripe sets up its models afresh."""
+
+    h, s = 1_000_000, 5
+    if codec == 3:
+        one = label_coder.encode_plane(np.zeros((s, 1), np.uint8), 2, None, None, stripe_rows=s)
+        ours, theirs = label_coder.decode_plane, reference.c3_plane
+    else:
+        one = predictive_coder.encode_plane(np.zeros((s, 1), np.uint8), 2, None)[0]
+        ours, theirs = predictive_coder.decode_plane, reference.c4_plane
+    words = one[3:]
+    stream = one[:3] + label_coder._uvarint(len(words) // 2) * (h // s - 1) + words * (h // s)
+    with pytest.raises(ValueError, match="200000 stripes of 5 rows: at most 976"):
+        ours(stream, h, 1, 2, None, None) if codec == 3 else ours(stream, h, 1, 2, None)
+    with pytest.raises(reference.KqError, match="too many stripes"):
+        theirs(stream, 2, None, h, 1, 0, None) if codec == 3 else theirs(stream, 2, h, 1, 0, None, None)
+    # the encoder never writes more: asked for 5-row stripes, it takes the fewest rows the rule allows
+    fine = label_coder.encode_plane(np.zeros((h // 100, 100), np.uint8), 2, None, None, stripe_rows=s)
+    assert label_coder._read_uvarint(fine, 2)[0] == -(-(h // 100) // label_coder.max_stripes(h // 100, 100))
