@@ -140,6 +140,8 @@ def _grey_to_rgb(table: np.ndarray) -> np.ndarray:
 
 def _kq_palette(path: Path) -> np.ndarray:
     """The colour table of a ``.kq`` file (see the module doc), through the public decoder API."""
+    from PIL import Image
+
     from .container import KqFormatError
     from .decoder import kq_info, read_kq
     from .pixels import few_colours
@@ -155,6 +157,8 @@ def _kq_palette(path: Path) -> np.ndarray:
         kq = read_kq(path)
     except KqFormatError as exc:
         raise _fail(str(path), f"not a valid .kq file: {exc}") from None
+    except Image.DecompressionBombError as exc:
+        raise _fail(str(path), f"refused: {exc}") from None
     if kq.centroids is None:  # a PNG payload: its distinct colours, when few enough to be a palette
         img = kq.to_image()
         rgb = np.asarray(img.convert("RGB"))
@@ -165,9 +169,18 @@ def _kq_palette(path: Path) -> np.ndarray:
     table = np.asarray(kq.centroids, dtype=np.uint8)
     if table.shape[0] == 0:
         raise _fail(str(path), "no colours")
+    if kq.mode in _OTHER_SPACES:  # rows in the image's own colour space: the colours they show, in RGB
+        from PIL import Image
+
+        bands = len(kq.mode) if kq.mode != "YCbCr" else 3
+        rows = np.ascontiguousarray(table[:, :bands])
+        return np.asarray(Image.frombytes(kq.mode, (len(rows), 1), rows.tobytes()).convert("RGB"))[0].copy()
     if table.shape[1] >= 3:
         return np.ascontiguousarray(table[:, :3])  # RGB, or RGBA rows whose alpha is dropped
     return _grey_to_rgb(table)  # L (or LA with alpha quantized): grey levels
+
+
+_OTHER_SPACES = ("CMYK", "YCbCr", "LAB", "HSV")
 
 
 def _image_palette(path: Path) -> np.ndarray:
@@ -191,6 +204,8 @@ def _image_palette(path: Path) -> np.ndarray:
             entries = entries[used[used < len(entries)]]
     except (UnidentifiedImageError, SyntaxError) as exc:
         raise _fail(str(path), f"not a readable image: {exc}") from None
+    except Image.DecompressionBombError as exc:
+        raise _fail(str(path), f"refused: {exc}") from None
     if not len(entries):
         raise _fail(str(path), "no colours")
     return entries[:_MAX_COLOURS]

@@ -250,3 +250,24 @@ def test_what_read_palette_returns_is_a_palette_everywhere(tmp_path, china_small
     pal = kq.read_palette(path)
     out = Image.open(io.BytesIO(kq.encode_image(china_small, palette=pal)))
     assert set(map(tuple, np.asarray(out).reshape(-1, 3).tolist())) <= set(map(tuple, pal.tolist()))
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "YCbCr", "HSV"])
+def test_kq_palette_of_another_colour_space_is_its_rgb_colours(tmp_path, mode):
+    """The table rows of an rgb-mode CMYK/YCbCr/HSV file are in that space: read_palette returned them as
+    if RGB (red and blue came back cyan/yellow for CMYK). Now: the colours the decoded image shows."""
+    rgb = Image.new("RGB", (8, 4), (255, 0, 0))
+    rgb.paste((0, 0, 255), (0, 0, 4, 4))
+    path = tmp_path / "two.kq"
+    rgb.convert(mode).save(path, k=2, mode="rgb")
+    shown = np.unique(np.asarray(kq.read_kq(path).to_image().convert("RGB")).reshape(-1, 3), axis=0)
+    assert np.array_equal(np.unique(kq.read_palette(path), axis=0), shown)
+
+
+def test_a_palette_image_over_the_bomb_limit_is_a_value_error(tmp_path, monkeypatch):
+    """It was Pillow's DecompressionBombError, which the CLI reported as an internal error."""
+    path = tmp_path / "big.png"
+    Image.new("P", (300, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ValueError, match="big.png: refused: Image size"):
+        kq.read_palette(path)
