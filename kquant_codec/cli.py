@@ -49,17 +49,32 @@ def _sample_image(name: str = "china.jpg"):
     return Image.fromarray(load_sample_image(name))
 
 
-def _open_input(path: str):
-    """Open and load an image, turning every failure into a one-line input error."""
-    from PIL import Image, UnidentifiedImageError
-
+def _check_input_path(path: str) -> Path:
     p = Path(path)
     if not p.exists():
         raise CliError(f"{path}: no such file", EXIT_INPUT)
     if p.is_dir():
         raise CliError(f"{path}: is a directory", EXIT_INPUT)
+    return p
+
+
+def _read_input(path: str) -> bytes:
+    """The whole input file (for a command that reads it more than once: a pipe can be read only once)."""
+    p = _check_input_path(path)
     try:
-        img = Image.open(p)
+        return p.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read: {exc.strerror or exc}", EXIT_INPUT) from None
+
+
+def _open_input(path: str, data: bytes | None = None):
+    """Open and load an image (from ``data``, the file's bytes, when given), turning every failure into a
+    one-line input error."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = _check_input_path(path) if data is None else Path(path)
+    try:
+        img = Image.open(p if data is None else io.BytesIO(data))
         img.load()
     except UnidentifiedImageError:
         raise CliError(f"{path}: {_why_unreadable(p)}", EXIT_INPUT) from None
@@ -212,16 +227,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     import kquant_codec as kq
     from kquant_codec.measure import png_bytes
 
-    img = _open_input(args.input)  # proves the whole file decodes (CRC included) before we report on it
+    data = _read_input(args.input)  # once: the path may be a pipe
+    img = _open_input(args.input, data)  # proves the whole file decodes (CRC included) before we report on it
     if img.format != "KQ":
         raise CliError(f"{args.input}: not a .kq file (a {img.format} image)", EXIT_INPUT)
-    info = kq.kq_info(args.input)
+    info = kq.kq_info(data)
     facts = dataclasses.asdict(info)
     facts["k"] = info.k  # (a property: the largest table)
-    from PIL import Image
-
-    with Image.open(args.input) as img:
-        png = png_bytes(img)
+    png = png_bytes(img)
     facts["png_bytes"] = png
     facts["ratio_vs_png"] = png / max(info.file_bytes, 1)
     if args.json:

@@ -326,3 +326,12 @@ def test_special_files_long_names_and_permissions_of_outputs(tmp_path, photo):
     private.chmod(0o600)
     assert run("encode", str(photo), str(private), "-k", "4", "--force").returncode == 0
     assert private.stat().st_mode & 0o777 == 0o600
+
+
+def test_info_reads_a_kq_file_from_a_pipe(tmp_path, photo):
+    """info opened its input three times; from a pipe the second read found it empty ("truncated header")."""
+    kq = tmp_path / "photo.kq"
+    assert run("encode", str(photo), str(kq), "-k", "4").returncode == 0
+    r = subprocess.run([*KQUANT, "info", "/dev/stdin", "--json"], input=kq.read_bytes(), capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["file_bytes"] == kq.stat().st_size
