@@ -243,6 +243,7 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
             f"PNG payload has colour type {colour_type} at {depth} bits, which does not give mode {header.image_mode}"
         )
     _check_png_chunks(png)
+    _check_png_rules(png)
     # The PNG plugin's class directly, not Image.open: the declared size has had its decompression-bomb
     # check already, and Image.open would warn again (silencing that with warnings.catch_warnings is not
     # thread-safe: concurrent decoders left the global warning filters changed).
@@ -264,8 +265,11 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
         if (img.mode, header.image_mode) not in _PNG_CONVERSIONS:
             raise KqFormatError(f"PNG payload has mode {img.mode}, which does not give mode {header.image_mode}")
         img = img.convert(header.image_mode)
-    if header.image_mode != "P":  # alpha is in the pixels or nowhere (spec 9): no colour key survives
-        img.info.pop("transparency", None)
+    key = img.info.pop("transparency", None)
+    if header.image_mode == "P" and key is not None:
+        img.info["transparency"] = key
+    elif header.image_mode in ("L", "RGB") and colour_type in (0, 2) and key is not None:
+        img.info["transparency"] = key  # a greyscale or truecolour tRNS: the image's colour key (spec 9)
     return img
 
 
@@ -298,6 +302,48 @@ def _check_png_chunks(png: bytes) -> None:
             break
     if pos != len(png):
         raise KqFormatError(f"PNG payload has {len(png) - pos} bytes after its IEND chunk")
+
+
+_PNG_CRITICAL = {b"IHDR", b"PLTE", b"IDAT", b"IEND"}
+
+
+def _check_png_rules(png: bytes) -> None:
+    """Spec section 9, the PNG specification's rules that Pillow does not enforce (a libpng-based reader would
+    refuse these files): IHDR's method fields, no unknown critical chunk, consecutive IDATs, where PLTE and tRNS
+    may be and how long. Runs after ``_check_png_chunks``, so the chunks are whole."""
+    depth, colour_type, compression, filtering, interlace = png[24:29]
+    if compression or filtering or interlace > 1:
+        raise KqFormatError("PNG payload is corrupt: IHDR's compression, filter or interlace method is unknown")
+    pos, kinds, plte, trns = len(PNG_SIGNATURE), [], -1, None
+    while pos < len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        kind = png[pos + 4 : pos + 8]
+        data = png[pos + 8 : pos + 8 + length]
+        if kind[0] & 0x20 == 0 and kind not in _PNG_CRITICAL:  # an upper-case first letter: critical
+            raise KqFormatError(f"PNG payload has an unknown critical chunk {kind!r}")
+        if kind == b"IDAT" and b"IDAT" in kinds and kinds[-1] != b"IDAT":
+            raise KqFormatError("PNG payload is corrupt: its IDAT chunks are not consecutive")
+        if kind == b"PLTE":
+            plte = length // 3
+            if colour_type in (0, 4) or length == 0 or length % 3 or plte > 256:
+                raise KqFormatError(
+                    f"PNG payload is corrupt: a PLTE chunk of {length} bytes in colour type {colour_type}"
+                )
+            if colour_type == 3 and plte > 1 << depth:
+                raise KqFormatError(f"PNG payload is corrupt: {plte} PLTE entries at {depth} bits per index")
+        if kind == b"tRNS":
+            trns = data
+            if colour_type in (4, 6):
+                raise KqFormatError(f"PNG payload is corrupt: a tRNS chunk in colour type {colour_type} (it has alpha)")
+            if colour_type == 3 and plte < 0:
+                raise KqFormatError("PNG payload is corrupt: its tRNS chunk comes before PLTE")
+        kinds.append(kind)
+        pos += 12 + length
+    if trns is not None and colour_type in (0, 2):
+        if len(trns) != (2 if colour_type == 0 else 6):
+            raise KqFormatError(f"PNG payload is corrupt: a colour-key tRNS of {len(trns)} bytes")
+        if max(struct.unpack(f">{len(trns) // 2}H", trns)) >> depth:
+            raise KqFormatError("PNG payload is corrupt: a colour key past the bit depth")
 
 
 @dataclass

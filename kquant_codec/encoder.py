@@ -111,6 +111,7 @@ def encode_image(
     _check_options(k, mode, seed, alpha, fallback)
     fitted: QuantizedImage | None = None
     img.load()
+    key = _colour_key(img)
     width, height = img.size
     if width < 1 or height < 1:
         raise ValueError(f"cannot store an empty image ({width}x{height})")
@@ -141,6 +142,8 @@ def encode_image(
             img = img.filter(quantize)
         mode = mode or "rgb"
         alpha = alpha or "keep"
+    if key is not None and fallback:
+        return _keyed_png_file(_pixels(img), key)
     candidates: list[bytes] = []
     if fallback and img.mode in PNG_MODES and img.width * img.height <= _PNG_ALONGSIDE_MAX_PIXELS:
         candidates = _candidates_alongside(img, mode, alpha, fitted)
@@ -572,6 +575,30 @@ def _clean_copy(img: Image.Image) -> Image.Image:
             out.info["transparency"] = img.info["transparency"]
         return out
     return Image.frombytes(img.mode, img.size, img.tobytes())
+
+
+def _colour_key(img: Image.Image) -> int | tuple[int, int, int] | None:
+    """An "L" or "RGB" image's transparent colour (``info["transparency"]``: a grey level, an (R, G, B) triple),
+    as PNG's tRNS chunk holds it for greyscale and truecolour images; None when there is none."""
+    key = img.info.get("transparency")
+    if img.mode == "L" and isinstance(key, int) and not isinstance(key, bool) and 0 <= key <= 255:
+        return key
+    if img.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+        if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in key):
+            return key
+    return None
+
+
+def _keyed_png_file(img: Image.Image, key: int | tuple[int, int, int]) -> bytes:
+    """A file whose PNG payload keeps an L or RGB image's colour key (spec 9): only a PNG payload can hold one,
+    so such an image is stored this way whatever the sizes (quantized first if asked: the key stays the key)."""
+    version = _clean_copy(img)
+    buf = io.BytesIO()
+    version.save(buf, format="PNG", transparency=key, **_png_options(version))
+    png = buf.getvalue()
+    header = png_payload_header(img.width, img.height, img.mode, len(png))
+    header.validate()
+    return pack_file(header, png)
 
 
 def _same_pixels(a: Image.Image, b: Image.Image) -> bool:

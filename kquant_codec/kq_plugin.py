@@ -58,6 +58,7 @@ class KqImageFile(ImageFile.ImageFile):
         self._kq: KqImage | None = None
         self._kq_pixels: object | None = None  # the decoded image's ImagingCore, until load_end
         self._kq_palette: tuple[ImagePalette.ImagePalette, object] | None = None
+        self._kq_key: object | None = None  # an L or RGB image's colour key, from a PNG payload
         self._size = header.size
         self._mode = header.image_mode
         if header.payload == "native" and header.image_mode == "P":
@@ -81,6 +82,8 @@ class KqImageFile(ImageFile.ImageFile):
             pal_mode = img.im.getpalettemode()
             palette = ImagePalette.raw(pal_mode, img.im.getpalette(pal_mode, pal_mode))
             self._kq_palette = (palette, img.info.get("transparency"))
+        elif kq.png is not None and "transparency" in img.info:  # an L or RGB image's colour key
+            self._kq_key = img.info["transparency"]
 
     def load_end(self) -> None:
         # The decoded pixels replace the blank image load() prepared (still untouched: its zeroed pages were
@@ -90,6 +93,9 @@ class KqImageFile(ImageFile.ImageFile):
             self._kq_pixels = None
             if self.palette is not None:  # Image.load then gives the new memory this image's palette
                 self.palette.dirty = 1
+        if self._kq_key is not None:  # like a palette's transparency, known once the PNG payload is read
+            self.info["transparency"] = self._kq_key
+            self._kq_key = None
         # A P image in a PNG payload brings its palette only with the pixels.
         if self._kq_palette is not None:
             self.palette, transparency = self._kq_palette

@@ -1036,8 +1036,29 @@ def decode_png(b, h):
         fail("png: PLTE or tRNS after the image data")
     if chunks[-1][1]:
         fail("png: IEND with data")
+    if comp != 0 or filt != 0 or inter > 1:
+        fail("png: unknown compression, filter or interlace method")
+    for i, kind in enumerate(kinds):
+        if kind[0] & 0x20 == 0 and kind not in (b"IHDR", b"PLTE", b"IDAT", b"IEND"):
+            fail("png: unknown critical chunk")
+        if kind == b"IDAT" and i > first_idat and kinds[i - 1] != b"IDAT":
+            fail("png: IDAT chunks not consecutive")
     plte = [c[1] for c in chunks if c[0] == b"PLTE"]
     trns = [c[1] for c in chunks if c[0] == b"tRNS"]
+    if plte:
+        n = len(plte[0])
+        if ctype in (0, 4) or n == 0 or n % 3 or n // 3 > 256 or (ctype == 3 and n // 3 > 2**depth):
+            fail("png: bad PLTE")
+    if trns:
+        if ctype in (4, 6):
+            fail("png: tRNS with an alpha channel")
+        if ctype == 3 and kinds.index(b"tRNS") < (kinds.index(b"PLTE") if plte else len(kinds)):
+            fail("png: tRNS before PLTE")
+        if ctype in (0, 2):  # a colour key: 16-bit samples, grey or R, G, B, within the bit depth
+            if len(trns[0]) != (2 if ctype == 0 else 6):
+                fail("png: a colour-key tRNS of the wrong length")
+            if max(struct.unpack(">" + "H" * (len(trns[0]) // 2), trns[0])) >= 2**depth:
+                fail("png: a colour key past the bit depth")
     ok = False
     if mode == "1":
         ok = ctype == 0 and depth == 1
@@ -1098,6 +1119,9 @@ def decode_png(b, h):
         return np.concatenate([rgb, alpha[idx][..., None]], -1).astype(np.uint8), "RGBA", extra
     if im.mode != mode:
         fail(f"png: pillow mode {im.mode} != {mode}")
+    if trns and mode in ("L", "RGB"):  # the image's colour key (section 9)
+        key = struct.unpack(">" + "H" * (len(trns[0]) // 2), trns[0])
+        extra["transparency"] = key[0] if mode == "L" else key
     return np.array(im), mode, extra
 
 

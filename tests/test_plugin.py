@@ -537,9 +537,9 @@ def test_png_candidate_stops_when_cancelled(flower):
     assert _png_candidate(img, None, quick=Future(), cancel=threading.Event()) is not None
 
 
-def test_png_payload_colour_key_is_dropped_on_every_path():
-    """Spec 9: a PNG payload's alpha is in its pixels or nowhere. A truecolour PNG's colour-key tRNS must not make
-    pixels transparent through read_kq(...).to_image() when Image.open ignores it (the two paths agree)."""
+def test_png_payload_colour_key_is_kept_on_every_path():
+    """Spec 9: a truecolour PNG payload's colour-key tRNS is the image's transparent colour, through Image.open
+    and through read_kq(...).to_image() alike (the two paths agree; it was dropped on both)."""
     import struct
     import zlib
 
@@ -552,5 +552,23 @@ def test_png_payload_colour_key_is_dropped_on_every_path():
     opened.load()
     via_read = kq.read_kq(data).to_image()
     for img in (opened, via_read):
-        assert img.mode == "RGB" and "transparency" not in img.info
-        assert np.asarray(img.convert("RGBA"))[..., 3].min() == 255
+        assert img.mode == "RGB" and img.info["transparency"] == (10, 20, 30)
+        assert np.asarray(img.convert("RGBA"))[..., 3].max() == 0
+
+
+@pytest.mark.parametrize(("mode", "key"), [("L", 17), ("RGB", (10, 20, 30))])
+@pytest.mark.parametrize("options", [{}, {"k": 8}])
+def test_a_colour_key_survives_the_round_trip(china_small, mode, key, options):
+    """An L or RGB image's transparent colour (a PNG colour-key tRNS) was dropped on save: the image came back
+    opaque. It is now kept (through a PNG payload), quantized or not, and shows the same RGBA."""
+    img = china_small.convert(mode)
+    img.info["transparency"] = key
+    expected = img.filter(kq.KMeansQuantize(8)) if options else img
+    buf = io.BytesIO()
+    img.save(buf, format="KQ", **options)
+    back = Image.open(io.BytesIO(buf.getvalue()))
+    back.load()
+    assert back.mode == mode and back.info.get("transparency") == key
+    assert np.array_equal(np.asarray(back), np.asarray(expected))
+    assert np.array_equal(np.asarray(back.convert("RGBA")), np.asarray(expected.convert("RGBA")))
+    assert kq.read_kq(buf.getvalue()).to_image().info.get("transparency") == key

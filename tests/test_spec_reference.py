@@ -54,6 +54,8 @@ def assert_same(data: bytes, name: str) -> bool:
         return False
     assert a[1] == b[1], f"{name}: mode {a[1]} vs {b[1]}"
     assert a[0].dtype == b[0].dtype and np.array_equal(a[0], b[0]), f"{name}: pixels differ"
+    if a[1] in ("L", "RGB"):
+        assert a[2].info.get("transparency") == b[2].get("transparency"), f"{name}: colour key"
     if a[1] == "P":
         entries = b[2]["palette"]
         assert np.array_equal(np.asarray(a[2].getpalette(), np.uint8).reshape(-1, 3)[: len(entries)], entries)
@@ -115,6 +117,11 @@ def _cases():
     p_alpha.info["transparency"] = bytes([0, 90, 255, 255, 30, 255])
     yield "p-alpha-native", p_alpha, {"fallback": False}
     yield "p-alpha", p_alpha, {}
+    keyed_l, keyed_rgb = photo.convert("L"), photo.copy()
+    keyed_l.info["transparency"] = int(np.asarray(keyed_l)[0, 0])
+    keyed_rgb.info["transparency"] = tuple(int(v) for v in np.asarray(photo)[0, 0])
+    yield "l-colour-key", keyed_l, {}
+    yield "rgb-colour-key", keyed_rgb, {"k": 8}
     yield "1", photo.convert("1"), {}
     yield "cmyk", photo.convert("CMYK"), {"k": 6, "mode": "channel"}
     yield "i16", Image.fromarray((np.arange(28 * 36, dtype=np.uint16) * 61).reshape(28, 36)), {}
