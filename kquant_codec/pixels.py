@@ -32,10 +32,20 @@ SUPPORTED_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "
 def check_image_mode(mode: str) -> None:
     """Raise a ``ValueError`` naming ``mode`` when it is not one the quantizer handles."""
     if mode not in SUPPORTED_MODES:
+        why = _UNSUPPORTED_WHY.get(mode, "16-bit, 32-bit and float images have more than 256 levels per channel")
         raise ValueError(
-            f"image mode {mode!r} is not supported (16-bit, 32-bit and float images have more than 256 levels "
-            f"per channel); convert it to 'L', 'RGB' or 'RGBA' first. Supported modes: {', '.join(SUPPORTED_MODES)}"
+            f"image mode {mode!r} is not supported ({why}); convert it to 'L', 'RGB' or 'RGBA' first. "
+            f"Supported modes: {', '.join(SUPPORTED_MODES)}"
         )
+
+
+# Pillow's 8-bit modes the quantizer does not take, and why (the 16-bit, 32-bit and float ones share a reason).
+_UNSUPPORTED_WHY = {
+    "PA": "a palette image with an alpha band",
+    "RGBX": "an internal padded layout",
+    "RGBa": "premultiplied alpha",
+    "La": "premultiplied alpha",
+}
 
 
 @dataclass

@@ -572,3 +572,14 @@ def test_a_colour_key_survives_the_round_trip(china_small, mode, key, options):
     assert np.array_equal(np.asarray(back), np.asarray(expected))
     assert np.array_equal(np.asarray(back.convert("RGBA")), np.asarray(expected.convert("RGBA")))
     assert kq.read_kq(buf.getvalue()).to_image().info.get("transparency") == key
+
+
+def test_trailing_bytes_are_counted_the_same_on_every_path(china_small):
+    """load() said "1 unexpected bytes" whatever followed the payload (it reads one byte past it)."""
+    buf = io.BytesIO()
+    china_small.save(buf, format="KQ", k=4)
+    data = buf.getvalue() + b"x" * 100
+    with pytest.raises(kq.KqFormatError, match="^100 unexpected bytes after the payload CRC"):
+        Image.open(io.BytesIO(data)).load()
+    with pytest.raises(kq.KqFormatError, match="100 unexpected bytes"):
+        kq.kq_info(data)

@@ -196,6 +196,13 @@ def test_unsupported_image_modes_name_the_mode(mode):
         img.filter(KMeansQuantize(4))
 
 
+@pytest.mark.parametrize("mode", ["PA", "RGBX", "RGBa", "La"])
+def test_unsupported_8_bit_modes_are_not_called_16_bit(mode):
+    with pytest.raises(ValueError, match=f"image mode '{mode}' is not supported") as caught:
+        Image.new(mode, (4, 4)).filter(KMeansQuantize(4))
+    assert "more than 256 levels" not in str(caught.value)
+
+
 def test_k_1_and_k_256_everywhere(china_small):
     for mode in kq.MODES:
         for k in (1, 256):
