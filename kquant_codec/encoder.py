@@ -104,7 +104,13 @@ def encode_image(
 
     Raises ``ValueError`` for bad options, empty or oversized images, and modes that cannot be stored.
     """
+    if not isinstance(img, Image.Image):
+        raise TypeError(
+            f"encode_image takes a Pillow image, not {type(img).__name__}: use Image.fromarray(array) for an "
+            "array, Image.open(path) for a file"
+        )
     if quant_mode is not None:
+        check_mode(quant_mode, "quant_mode")
         if mode is not None and mode != quant_mode:
             raise ValueError(f"mode={mode!r} and quant_mode={quant_mode!r} disagree: give one of them")
         mode = quant_mode

@@ -40,7 +40,7 @@ def given_k(k: Any) -> Any:
 
 
 def check_alpha(alpha: str) -> str:
-    if alpha not in ALPHA_OPTIONS:
+    if not isinstance(alpha, str) or alpha not in ALPHA_OPTIONS:
         raise ValueError(f"alpha must be one of {', '.join(map(repr, ALPHA_OPTIONS))}, got {alpha!r}")
     return alpha
 

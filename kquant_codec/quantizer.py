@@ -45,10 +45,10 @@ def check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def check_mode(mode: Any) -> str:
-    """Validate the quantization mode: one of ``MODES``."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+def check_mode(mode: Any, name: str = "mode") -> str:
+    """Validate the quantization mode: one of ``MODES`` (``name``: the parameter, for the message)."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     return str(mode)
 
 

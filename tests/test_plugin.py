@@ -583,3 +583,21 @@ def test_trailing_bytes_are_counted_the_same_on_every_path(china_small):
         Image.open(io.BytesIO(data)).load()
     with pytest.raises(kq.KqFormatError, match="100 unexpected bytes"):
         kq.kq_info(data)
+
+
+def test_encode_image_names_what_is_wrong_with_its_arguments():
+    """An array or a path gave AttributeError ('no attribute load'); imageio's quant_mode was called mode;
+    an array as mode or alpha gave numpy's "truth value of an array is ambiguous"."""
+    arr = np.zeros((4, 4, 3), np.uint8)
+    for wrong in (arr, "photo.jpg"):
+        with pytest.raises(TypeError, match="encode_image takes a Pillow image"):
+            encode_image(wrong)
+    img = Image.fromarray(arr)
+    with pytest.raises(ValueError, match="^quant_mode must be one of"):
+        encode_image(img, quant_mode="bogus")
+    with pytest.raises(ValueError, match="^mode must be one of"):
+        encode_image(img, mode=np.array(["rgb"]))
+    with pytest.raises(ValueError, match="^alpha must be one of"):
+        encode_image(img, k=2, alpha=np.array(["keep"]))
+    with pytest.raises(ValueError, match="quant_mode must be one of"):
+        iio.imwrite("<bytes>", arr, extension=".kq", quant_mode="bogus")
