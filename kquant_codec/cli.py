@@ -155,6 +155,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     import kquant_codec as kq
     from kquant_codec.batch import encode_options
 
+    if Path(args.output).suffix.lower() != ".kq" and not Path(args.output).is_dir():
+        raise CliError(f"{args.output}: kquant encode writes .kq files; name the output *.kq", EXIT_USAGE)
     img = _open_input(args.input)
     options = encode_options(args.k, args.mode, args.seed, args.alpha)
     if args.k is not None or args.mode is not None or args.palette is not None:
@@ -196,8 +198,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     from kquant_codec.pixels import as_palette_image
 
-    img = _open_input(args.input)
     ext = Path(args.output).suffix.lower()
+    if ext == ".kq":
+        raise CliError(f"{args.output}: kquant decode writes plain images (.png, .bmp, ...), not .kq", EXIT_USAGE)
+    img = _open_input(args.input)
     if ext == ".png":
         img = as_palette_image(img) or img  # an indexed PNG whenever the pixels allow one
         size = _write_image(img, args.output, force=args.force, inputs=(args.input,), fmt="PNG", optimize=True)
@@ -578,6 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
     pal_convert.add_argument("output", help="palette file to write: .gpl or .act")
     pal_convert.add_argument("--force", action="store_true", help="overwrite an existing output")
     palette.set_defaults(func=cmd_palette)
+    # Usage errors found after parsing (CliError with EXIT_USAGE) print the command's usage line too, as
+    # argparse does for the ones it finds.
+    for parsers in (sub.choices, pal_sub.choices):
+        for command in parsers.values():
+            command.set_defaults(usage=command.format_usage())
     return parser
 
 
@@ -599,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         with noting_sigint():
             return args.func(args)
     except CliError as exc:
+        if exc.code == EXIT_USAGE and getattr(args, "usage", None):
+            print(args.usage, end="", file=sys.stderr)
         print(f"kquant: error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:

@@ -150,6 +150,9 @@ def test_never_writes_onto_its_input(tmp_path, photo):
         (("encode", "photo.png", "x.kq", "-k", "4", "--seed", "-1"), 2),
         (("encode", "photo.png", "x.kq", "--mode", "lab"), 2),
         (("decode", "photo.png", "out.unknownext"), 2),
+        (("encode", "photo.png", "x.png", "-k", "4"), 2),  # .kq bytes under another name: refused
+        (("decode", "photo.png", "x.kq"), 2),  # decode as an encoder: refused
+        (("batch", ".", "out", "--jobs", "-1"), 2),  # checked after parsing, with the usage line all the same
         (("encode", "photo.png", "sub", "-k", "4"), 4),  # an existing folder: said so, not "use --force"
         (("frobnicate",), 2),
     ],
@@ -165,7 +168,8 @@ def test_errors_are_one_line_with_distinct_codes(tmp_path, photo, args, code):
     assert r.returncode == code, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") <= 1 or r.stderr.startswith("usage:")
-    assert not (tmp_path / "x.kq").exists()
+    assert r.stderr.startswith("usage:") == (code == 2), r.stderr
+    assert not (tmp_path / "x.kq").exists() and not (tmp_path / "x.png").exists()
 
 
 def test_a_kq_file_with_a_bad_header_says_what_is_wrong(tmp_path, photo):
