@@ -39,6 +39,8 @@ class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+        # a usage error prints the command's usage line first; a missing optional extra (also exit 2) does not
+        self.show_usage = code == EXIT_USAGE and "pip install" not in message
 
 
 def _sample_image(name: str = "china.jpg"):
@@ -316,6 +318,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.input:
         img = _open_input(args.input)
         _check_quantizable(img, args.input)  # (a 16-bit image would be clipped to white by its RGB conversion)
+        for report_file in REPORT_FILES:
+            target = Path(args.output) / report_file
+            if target.exists() and os.path.samefile(target, args.input):
+                raise CliError(f"refusing to write {target}: it is the input file", EXIT_OUTPUT)
         name, size = Path(args.input).name, Path(args.input).stat().st_size
     else:
         img, name, size = _sample_image(), "china.jpg (bundled with scikit-learn)", None
@@ -608,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         with noting_sigint():
             return args.func(args)
     except CliError as exc:
-        if exc.code == EXIT_USAGE and getattr(args, "usage", None):
+        if exc.show_usage and getattr(args, "usage", None):
             print(args.usage, end="", file=sys.stderr)
         print(f"kquant: error: {exc}", file=sys.stderr)
         return exc.code

@@ -379,7 +379,11 @@ def _psnr_text(psnr: float) -> str:
 
 def _grid_figure(new_figure: Callable, m: _Measured) -> Any:
     ncols = len(m.ks) + 1
-    aspect = m.thumb.height / m.thumb.width
+    # Cells at most 3:1 either way: a 1x2000 image made a 460x276,250-pixel figure. Thinner images are
+    # stretched to fit (imshow's aspect "auto").
+    true_aspect = m.thumb.height / m.thumb.width
+    aspect = min(max(true_aspect, 1 / 3), 3.0)
+    fit = "equal" if aspect == true_aspect else "auto"
     cell = 2.3
     fig = new_figure(figsize=(ncols * cell, len(m.modes) * (cell * aspect + 0.6) + 0.7))
     axes = fig.subplots(len(m.modes), ncols, squeeze=False)
@@ -391,14 +395,14 @@ def _grid_figure(new_figure: Callable, m: _Measured) -> Any:
             ax.grid(False)
             if c == 0:
                 if r == 0:
-                    ax.imshow(np.asarray(m.thumb))
+                    ax.imshow(np.asarray(m.thumb), aspect=fit)
                     ax.set_title(f"original\n{m.img.width}\u00d7{m.img.height} px", fontsize=13)
                 else:
                     ax.axis("off")
                 continue
             k = m.ks[c - 1]
             cell_ = m.cells[mode, k]
-            ax.imshow(np.asarray(cell_.thumb))
+            ax.imshow(np.asarray(cell_.thumb), aspect=fit)
             ax.set_title(f"k = {k}\n{_psnr_text(cell_.row.psnr)}", fontsize=13)
             if c == 1:
                 ax.set_ylabel(f"{mode}", fontsize=16, fontweight="bold", color=_MODE_COLOURS[mode])
@@ -831,6 +835,10 @@ def _csv(rows: list[ReportRow]) -> str:
 def _check_out_dir(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir} exists and is not a folder")
+    for name in REPORT_FILES:  # found before any file is written: a half-replaced report would mislead
+        target = out_dir / name
+        if target.exists() and not target.is_file():
+            raise OutputExistsError(f"{target} is in the way: it is not a file")
     if out_dir.is_dir() and not force:
         present = [name for name in REPORT_FILES if (out_dir / name).exists()]
         if present:

@@ -14,6 +14,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -272,3 +273,28 @@ def test_the_cli_default_ks_are_the_library_defaults():
 
     args = build_parser().parse_args(["report", "-o", "out"])
     assert tuple(args.k) == DEFAULT_KS
+
+
+def test_thin_images_input_inside_the_folder_and_files_in_the_way(tmp_path, capsys):
+    """A 1x2000 image drew a 460x276,250-pixel grid (2 GB); --force wrote the report over its own input when
+    the input sat in the folder as grid.png; a folder named sizes.png failed the run halfway, leaving a mix
+    of new and old files."""
+    rng = np.random.default_rng(0)
+    tall = tmp_path / "tall.png"
+    Image.fromarray(rng.integers(0, 256, (2000, 1, 3), dtype=np.uint8)).save(tall)
+    out = tmp_path / "r"
+    assert main(["report", str(tall), "-o", str(out), "-k", "2", "--no-progress"]) == 0
+    width, height = Image.open(out / "grid.png").size
+    assert width * height < 2_000_000  # three rows of cells at most 3:1 (was 127 megapixels)
+    inside = tmp_path / "r2"
+    inside.mkdir()
+    (inside / "grid.png").write_bytes(tall.read_bytes())
+    assert main(["report", str(inside / "grid.png"), "-o", str(inside), "-k", "2", "--force", "--no-progress"]) == 4
+    assert (inside / "grid.png").read_bytes() == tall.read_bytes()
+    assert "it is the input file" in capsys.readouterr().err
+    (out / "numbers.csv").unlink()
+    (out / "numbers.csv").mkdir()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(["report", str(tall), "-o", str(out), "-k", "4", "--force", "--no-progress"]) == 4
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing written
+    assert "in the way" in capsys.readouterr().err
