@@ -458,7 +458,7 @@ def test_imageio_registration_is_idempotent():
 
     kq.register()
     assert [e.name for e in known_extensions[".kq"]].count("KQ") == 1
-    assert known_extensions[".kq"][0].priority == ["pillow"]
+    assert known_extensions[".kq"][0].priority == ["kquant", "pillow"]
 
 
 # -- cost and size -------------------------------------------------------------------------------
@@ -601,3 +601,28 @@ def test_encode_image_names_what_is_wrong_with_its_arguments():
         encode_image(img, k=2, alpha=np.array(["keep"]))
     with pytest.raises(ValueError, match="quant_mode must be one of"):
         iio.imwrite("<bytes>", arr, extension=".kq", quant_mode="bogus")
+
+
+def test_imageio_keeps_the_old_file_when_a_write_fails_and_names_a_bad_header(tmp_path):
+    """imageio's Pillow plugin opened the target for writing before encoding: a failed imwrite (k=0, several
+    frames) left an empty file where the .kq file was. A bad header said only "could not find a backend"."""
+    target = tmp_path / "x.kq"
+    arr = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    iio.imwrite(target, arr)
+    before = target.read_bytes()
+    with pytest.raises(ValueError, match="k must be"):
+        iio.imwrite(target, arr, k=0)
+    with pytest.raises(ValueError, match="holds one image"):
+        iio.imwrite(target, np.stack([arr, arr]))
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["x.kq"]
+    iio.imwrite(target, arr[::-1])  # a good write still replaces it
+    assert np.array_equal(iio.imread(target), arr[::-1])
+    assert np.array_equal(iio.imread(iio.imwrite("<bytes>", arr, extension=".kq"), extension=".kq"), arr)
+    bad = bytearray(before)
+    bad[26] = 1  # a reserved header field
+    (tmp_path / "bad.kq").write_bytes(bytes(bad))
+    with pytest.raises(kq.KqFormatError, match="reserved header fields must be zero"):
+        iio.imread(tmp_path / "bad.kq")
+    with pytest.raises(OSError, match="Could not find a backend"):  # not .kq at all: imageio's own message
+        (tmp_path / "text.kq").write_text("hello")
+        iio.imread(tmp_path / "text.kq")
