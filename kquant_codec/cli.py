@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 EXIT_OK = 0
@@ -596,12 +597,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn_in_one_line(message: Warning | str, category: type, *args: object, **kwargs: object) -> None:
+    """Warnings (Pillow's DecompressionBombWarning, a first compile) as one line, like the errors."""
+    print(f"kquant: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
     from kquant_codec import kernel_backend
     from kquant_codec.interrupts import interrupt_seen, noting_sigint
 
+    warnings.showwarning = _warn_in_one_line
     try:  # a bad KQUANT_KERNELS is a setting to fix, not a failure to write some output later
         kernel_backend()
     except ValueError as exc:

@@ -67,6 +67,11 @@ class KMeansQuantize(ImageFilter.MultibandFilter):
         indices = np.asarray(img)
         pal_mode = img.im.getpalettemode()  # "RGBA" when the entries carry their own alpha (kept as it is)
         table = np.frombuffer(img.im.getpalette(pal_mode, pal_mode), dtype=np.uint8).reshape(-1, len(pal_mode))
+        top = int(indices.max())
+        if top >= table.shape[0]:  # indices past the palette show as opaque black (Pillow): entries like any other
+            pad = np.zeros((top + 1 - table.shape[0], table.shape[1]), np.uint8)
+            pad[:, 3:] = 255
+            table = np.vstack([table, pad])
         palette = table[:, :3]
         entries = palette[None, :, :]
         if self.palette is not None:

@@ -339,3 +339,16 @@ def test_info_reads_a_kq_file_from_a_pipe(tmp_path, photo):
     r = subprocess.run([*KQUANT, "info", "/dev/stdin", "--json"], input=kq.read_bytes(), capture_output=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["file_bytes"] == kq.stat().st_size
+
+
+def test_warnings_are_one_line_like_errors(tmp_path):
+    """Pillow's DecompressionBombWarning came out as Python's two-line warning with a source line."""
+    kq = tmp_path / "w.kq"
+    Image.new("RGB", (15, 10), (1, 2, 3)).save(kq)
+    code = (
+        "import sys\nfrom PIL import Image\nImage.MAX_IMAGE_PIXELS = 100\n"
+        f"from kquant_codec.cli import main\nsys.exit(main(['info', {str(kq)!r}]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("kquant: warning: Image size (150 pixels) exceeds limit") and r.stderr.count("\n") == 1

@@ -242,3 +242,14 @@ def test_rgb_k_1_is_the_exact_uint8_optimum(name):
     for c in range(3):  # brute force: no other level does better in any channel
         errs = [int(((flat[:, c] - v) ** 2).sum()) for v in range(256)]
         assert errs[best[c]] == min(errs)
+
+
+def test_palette_indices_past_the_palette_count_as_the_black_pillow_shows():
+    """Indices 2 and 5 with a 2-entry palette show as black; k = 1 gave two colours (the centroid and that
+    black), breaking "at most k colours"."""
+    img = Image.fromarray(np.array([[0, 1, 2, 5]], np.uint8), "P")
+    img.putpalette([255, 0, 0, 0, 255, 0])
+    out = img.filter(KMeansQuantize(1))
+    assert len(colours(out)) == 1
+    assert np.array_equal(np.asarray(out), np.asarray(img))
+    assert len(colours(img.filter(KMeansQuantize(2)))) == 2
