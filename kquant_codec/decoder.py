@@ -242,8 +242,7 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
         raise KqFormatError(
             f"PNG payload has colour type {colour_type} at {depth} bits, which does not give mode {header.image_mode}"
         )
-    _check_png_chunks(png)
-    _check_png_rules(png)
+    _check_png_rules(png, _check_png_chunks(png))
     # The PNG plugin's class directly, not Image.open: the declared size has had its decompression-bomb
     # check already, and Image.open would warn again (silencing that with warnings.catch_warnings is not
     # thread-safe: concurrent decoders left the global warning filters changed).
@@ -273,11 +272,11 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
     return img
 
 
-def _check_png_chunks(png: bytes) -> None:
+def _check_png_chunks(png: bytes) -> list[tuple[bytes, int, int]]:
     """Spec section 9: after the signature, whole chunks (length, type, data, CRC) with correct CRCs; at most one
     IHDR (13 bytes), PLTE and tRNS, the last two before the first IDAT; the last chunk an empty IEND, nothing
     after it. Pillow alone accepts a missing IEND, a wrong IDAT CRC, trailing bytes and repeated chunks."""
-    pos, view, seen = len(PNG_SIGNATURE), memoryview(png), set()
+    pos, view, seen, chunks = len(PNG_SIGNATURE), memoryview(png), set(), []
     while True:
         if pos + 12 > len(png):
             raise KqFormatError("PNG payload is truncated: it ends inside a chunk, before IEND")
@@ -297,28 +296,27 @@ def _check_png_chunks(png: bytes) -> None:
         if kind in _PNG_LENGTHS and length != _PNG_LENGTHS[kind]:
             raise KqFormatError(f"PNG payload is corrupt: its {kind.decode()} chunk has {length} bytes")
         seen.add(kind)
+        chunks.append((kind, pos + 8, length))
         pos = end
         if kind == b"IEND":
             break
     if pos != len(png):
         raise KqFormatError(f"PNG payload has {len(png) - pos} bytes after its IEND chunk")
+    return chunks
 
 
 _PNG_CRITICAL = {b"IHDR", b"PLTE", b"IDAT", b"IEND"}
 
 
-def _check_png_rules(png: bytes) -> None:
+def _check_png_rules(png: bytes, chunks: list[tuple[bytes, int, int]]) -> None:
     """Spec section 9, the PNG specification's rules that Pillow does not enforce (a libpng-based reader would
     refuse these files): IHDR's method fields, no unknown critical chunk, consecutive IDATs, where PLTE and tRNS
-    may be and how long. Runs after ``_check_png_chunks``, so the chunks are whole."""
+    may be and how long. ``chunks``: (type, data offset, length) of each, from ``_check_png_chunks``."""
     depth, colour_type, compression, filtering, interlace = png[24:29]
     if compression or filtering or interlace > 1:
         raise KqFormatError("PNG payload is corrupt: IHDR's compression, filter or interlace method is unknown")
-    pos, kinds, plte, trns = len(PNG_SIGNATURE), [], -1, None
-    while pos < len(png):
-        (length,) = struct.unpack_from(">I", png, pos)
-        kind = png[pos + 4 : pos + 8]
-        data = png[pos + 8 : pos + 8 + length]
+    kinds, plte, trns = [], -1, None
+    for kind, start, length in chunks:
         if kind[0] & 0x20 == 0 and kind not in _PNG_CRITICAL:  # an upper-case first letter: critical
             raise KqFormatError(f"PNG payload has an unknown critical chunk {kind!r}")
         if kind == b"IDAT" and b"IDAT" in kinds and kinds[-1] != b"IDAT":
@@ -332,13 +330,12 @@ def _check_png_rules(png: bytes) -> None:
             if colour_type == 3 and plte > 1 << depth:
                 raise KqFormatError(f"PNG payload is corrupt: {plte} PLTE entries at {depth} bits per index")
         if kind == b"tRNS":
-            trns = data
+            trns = png[start : start + length]
             if colour_type in (4, 6):
                 raise KqFormatError(f"PNG payload is corrupt: a tRNS chunk in colour type {colour_type} (it has alpha)")
             if colour_type == 3 and plte < 0:
                 raise KqFormatError("PNG payload is corrupt: its tRNS chunk comes before PLTE")
         kinds.append(kind)
-        pos += 12 + length
     if trns is not None and colour_type in (0, 2):
         if len(trns) != (2 if colour_type == 0 else 6):
             raise KqFormatError(f"PNG payload is corrupt: a colour-key tRNS of {len(trns)} bytes")
@@ -429,19 +426,25 @@ def _read_from(fp: IO[bytes]) -> KqImage:
     return decode_file(header, read_at_most(fp, header.payload_length + 1))
 
 
+def bytes_left(fp: IO[bytes]) -> int | None:
+    """Bytes from the position of ``fp`` to its end, or None when it cannot seek."""
+    try:
+        here = fp.tell()
+        left = fp.seek(0, io.SEEK_END) - here
+        fp.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return left
+
+
 def read_at_most(fp: IO[bytes], n: int, chunk: int = 1 << 20) -> bytes:
     """Read up to ``n`` bytes, so a short file never costs an ``n``-byte allocation.
 
     A seekable file is read in one call of the size that is really left (one allocation, no joining);
     anything else in chunks.
     """
-    try:
-        here = fp.tell()
-        left = fp.seek(0, io.SEEK_END) - here
-        fp.seek(here)
-    except (AttributeError, OSError, ValueError):
-        pass
-    else:
+    left = bytes_left(fp)
+    if left is not None:
         return fp.read(max(0, min(n, left)))
     parts, left = [], n
     while left > 0:

@@ -25,7 +25,7 @@ from typing import IO
 from PIL import Image, ImageFile, ImagePalette
 
 from .container import FIXED_HEADER_SIZE, MAGIC, KqFormatError, KqHeader, header_length, unpack_header
-from .decoder import KqImage, decode_file, palette_of, read_at_most
+from .decoder import KqImage, bytes_left, decode_file, palette_of, read_at_most
 from .encoder import SAVE_OPTIONS, encode_image
 
 __all__ = ["KqImageFile", "KqDecoder", "register", "FORMAT", "EXTENSION", "MIME"]
@@ -104,17 +104,6 @@ class KqImageFile(ImageFile.ImageFile):
             self._kq_palette = None
 
 
-def _bytes_left(fp: IO[bytes]) -> int | None:
-    """Bytes from the position of ``fp`` to its end, or None when it cannot seek."""
-    try:
-        here = fp.tell()
-        end = fp.seek(0, 2)
-        fp.seek(here)
-    except (AttributeError, OSError, ValueError):
-        return None
-    return end - here
-
-
 class KqDecoder(ImageFile.PyDecoder):
     """Reads the whole payload (streams + CRC) from the file, checks it and fills the image."""
 
@@ -123,7 +112,7 @@ class KqDecoder(ImageFile.PyDecoder):
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
         header, owner = self.args
         assert self.fd is not None
-        left = _bytes_left(self.fd)
+        left = bytes_left(self.fd)
         if left is not None and left > header.payload_length:  # (only one byte past the payload is read)
             raise KqFormatError(f"{left - header.payload_length} unexpected bytes after the payload CRC")
         payload = read_at_most(self.fd, header.payload_length + 1)
