@@ -717,12 +717,15 @@ def _check_summary_path(path: Path, out_dir: Path) -> None:
         return
     if path.is_dir():
         raise BatchError(f"{path}: the summary path is a folder", "output")
+    # A summary opens with these fields, in this order (BatchSummary), before its lists of files: its first
+    # 64 KiB tell, whatever its length (a large run's summary can be megabytes).
     try:
         with open(path, "rb") as fh:
-            facts = json.loads(fh.read(1 << 22)) if path.is_file() else None
-    except (OSError, ValueError):
-        facts = None
-    if not (isinstance(facts, dict) and {"input_dir", "output_dir", "parameters", "found"} <= facts.keys()):
+            head = fh.read(1 << 16).decode("utf-8", errors="replace") if path.is_file() else ""
+    except OSError:
+        head = ""
+    marks = [head.find(f'"{key}":') for key in ("input_dir", "output_dir", "parameters", "found")]
+    if not (head.lstrip().startswith("{") and -1 not in marks and marks == sorted(marks)):
         raise BatchError(f"{path}: exists and is not a kquant batch summary; refusing to overwrite it", "output")
 
 

@@ -80,7 +80,7 @@ def _open_input(path: str, data: bytes | None = None):
         img = Image.open(p if data is None else io.BytesIO(data))
         img.load()
     except UnidentifiedImageError:
-        raise CliError(f"{path}: {_why_unreadable(p)}", EXIT_INPUT) from None
+        raise CliError(f"{path}: {_why_unreadable(p if data is None else io.BytesIO(data))}", EXIT_INPUT) from None
     except Image.DecompressionBombError as exc:
         raise CliError(f"{path}: {exc}", EXIT_INPUT) from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -98,17 +98,18 @@ def _check_quantizable(img, path: str) -> None:
         )
 
 
-def _why_unreadable(path: Path) -> str:
-    """What to say of a file no Pillow plugin accepted: for a ``.kq`` file (by its magic) whose header is bad,
-    the container's own reason (Pillow only says that no plugin took it)."""
+def _why_unreadable(source: Path | io.BytesIO) -> str:
+    """What to say of a file (or its bytes) no Pillow plugin accepted: for a ``.kq`` file (by its magic) whose
+    header is bad, the container's own reason (Pillow only says that no plugin took it)."""
     from kquant_codec.container import MAGIC, KqFormatError
     from kquant_codec.decoder import read_kq
 
     try:
-        with open(path, "rb") as f:
+        with open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as f:
             is_kq = f.read(len(MAGIC)) == MAGIC
-        if is_kq:
-            read_kq(path)
+            f.seek(0)
+            if is_kq:
+                read_kq(f)
     except (KqFormatError, OSError) as exc:
         return f"not a valid .kq file: {exc}"
     return "not an image format this tool can read"
@@ -605,10 +606,17 @@ def _warn_in_one_line(message: Warning | str, category: type, *args: object, **k
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
+    shown, warnings.showwarning = warnings.showwarning, _warn_in_one_line
+    try:
+        return _run_command(args)
+    finally:  # (main may run inside another program: its tests)
+        warnings.showwarning = shown
+
+
+def _run_command(args: argparse.Namespace) -> int:
     from kquant_codec import kernel_backend
     from kquant_codec.interrupts import interrupt_seen, noting_sigint
 
-    warnings.showwarning = _warn_in_one_line
     try:  # a bad KQUANT_KERNELS is a setting to fix, not a failure to write some output later
         kernel_backend()
     except ValueError as exc:

@@ -97,7 +97,7 @@ def mse(a: Any, b: Any) -> float:
     return _mse_of(_diff(a, b))
 
 
-_PEAKS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.bool_): 1.0}
+_PEAKS = {("u", 1): 255.0, ("u", 2): 65535.0, ("b", 1): 1.0}  # (dtype kind, bytes): either byte order
 
 
 def _peak(x: np.ndarray, y: np.ndarray, peak: float | None) -> float:
@@ -108,7 +108,7 @@ def _peak(x: np.ndarray, y: np.ndarray, peak: float | None) -> float:
         if not (math.isfinite(peak) and peak > 0):
             raise ValueError(f"peak must be a positive finite number, got {peak!r}")
         return float(peak)
-    px, py = _PEAKS.get(x.dtype), _PEAKS.get(y.dtype)
+    px, py = _PEAKS.get((x.dtype.kind, x.dtype.itemsize)), _PEAKS.get((y.dtype.kind, y.dtype.itemsize))
     if px is not None and px == py:
         return px
     raise ValueError(

@@ -170,8 +170,6 @@ def _kq_palette(path: Path) -> np.ndarray:
     if table.shape[0] == 0:
         raise _fail(str(path), "no colours")
     if kq.mode in _OTHER_SPACES:  # rows in the image's own colour space: the colours they show, in RGB
-        from PIL import Image
-
         bands = len(kq.mode) if kq.mode != "YCbCr" else 3
         rows = np.ascontiguousarray(table[:, :bands])
         return np.asarray(Image.frombytes(kq.mode, (len(rows), 1), rows.tobytes()).convert("RGB"))[0].copy()

@@ -486,3 +486,10 @@ def test_the_summary_never_overwrites_an_input_an_output_or_other_data(tree, tmp
     for _ in range(2):  # the second run replaces the first run's summary
         assert _cli("batch", str(tree), str(out), "-k", "4", "--no-progress", "--summary", str(summary)) == 0
         assert json.loads(summary.read_text())["output_dir"] == str(out.resolve())
+    # a large run's summary (here 6 MB of failures) is still recognised: it was read only up to 4 MiB
+    facts = json.loads(summary.read_text())
+    facts["failures"] = [{"path": f"{i:08d}-{'x' * 200}.png", "error": "not an image"} for i in range(25_000)]
+    summary.write_text(json.dumps(facts, indent=2))
+    assert summary.stat().st_size > 5_000_000
+    assert _cli("batch", str(tree), str(out), "-k", "4", "--no-progress", "--summary", str(summary)) == 0
+    assert json.loads(summary.read_text())["failures"] == []

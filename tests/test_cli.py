@@ -352,3 +352,17 @@ def test_warnings_are_one_line_like_errors(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stderr.startswith("kquant: warning: Image size (150 pixels) exceeds limit") and r.stderr.count("\n") == 1
+
+
+def test_info_from_a_pipe_keeps_the_reason_for_a_bad_header_and_main_restores_warnings(tmp_path, photo):
+    import warnings
+
+    from kquant_codec import cli
+
+    kq = tmp_path / "photo.kq"
+    assert run("encode", str(photo), str(kq), "-k", "4").returncode == 0
+    r = subprocess.run([*KQUANT, "info", "/dev/stdin"], input=kq.read_bytes()[:30], capture_output=True)
+    assert r.returncode == 3 and b"truncated .kq header: 30 of 44 bytes" in r.stderr, r.stderr
+    before = warnings.showwarning
+    assert cli.main(["info", str(kq)]) == 0
+    assert warnings.showwarning is before

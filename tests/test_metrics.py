@@ -108,3 +108,9 @@ def test_the_peak_follows_the_sample_type():
             psnr(a, b, peak=bad)
     with pytest.raises(ValueError, match="dtype"):
         mse(np.array(["a"]), np.array(["b"]))
+
+
+def test_big_endian_16_bit_has_the_16_bit_peak():
+    a = np.arange(64, dtype=">u2").reshape(8, 8) * 1000
+    b = a[::-1].copy()
+    assert psnr(a, b) == pytest.approx(psnr(a.astype(np.uint16), b.astype(np.uint16)), rel=1e-12)
