@@ -14,6 +14,7 @@ import imageio's plugins.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,8 @@ def _build_plugin() -> type:
             frames[0].save(encoded, **options)  # raises before any file is touched
             request = self._request
             if request._uri_type == URI_FILENAME and not Path(request.filename).is_dir():
-                with atomic_output(request.filename, force=True) as fh:  # imwrite replaces, as imageio does
+                # imwrite replaces, as imageio does; through a symbolic link, the file it points to
+                with atomic_output(os.path.realpath(request.filename), force=True) as fh:
                     fh.write(encoded.getbuffer())
             else:  # bytes, a file object: imageio's own handling
                 request.get_file().write(encoded.getbuffer())

@@ -617,6 +617,11 @@ def test_imageio_keeps_the_old_file_when_a_write_fails_and_names_a_bad_header(tm
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["x.kq"]
     iio.imwrite(target, arr[::-1])  # a good write still replaces it
     assert np.array_equal(iio.imread(target), arr[::-1])
+    link = tmp_path / "link.kq"
+    link.symlink_to(target)
+    iio.imwrite(link, arr)  # through a link: the file it points to, as imageio's own plugin does
+    assert link.is_symlink() and np.array_equal(iio.imread(target), arr)
+    link.unlink()
     assert np.array_equal(iio.imread(iio.imwrite("<bytes>", arr, extension=".kq"), extension=".kq"), arr)
     bad = bytearray(before)
     bad[26] = 1  # a reserved header field
