@@ -49,7 +49,7 @@ from .container import (
     png_payload_header,
 )
 from .decoder import png_payload_image
-from .pixels import SUPPORTED_MODES, as_palette_image, few_colours, split_image
+from .pixels import SUPPORTED_MODES, as_palette_image, colour_key, few_colours, split_image
 from .quantize import QuantizedImage, check_alpha, fit_image
 from .quantizer import check_k, check_mode, check_seed, value_histogram
 
@@ -117,7 +117,7 @@ def encode_image(
     _check_options(k, mode, seed, alpha, fallback)
     fitted: QuantizedImage | None = None
     img.load()
-    key = _colour_key(img)
+    key = colour_key(img)
     width, height = img.size
     if width < 1 or height < 1:
         raise ValueError(f"cannot store an empty image ({width}x{height})")
@@ -148,7 +148,7 @@ def encode_image(
             img = img.filter(quantize)
         mode = mode or "rgb"
         alpha = alpha or "keep"
-    if key is not None and fallback:
+    if key is not None and fallback and _key_in_use(_pixels(img), key):
         return _keyed_png_file(_pixels(img), key)
     candidates: list[bytes] = []
     if fallback and img.mode in PNG_MODES and img.width * img.height <= _PNG_ALONGSIDE_MAX_PIXELS:
@@ -583,21 +583,18 @@ def _clean_copy(img: Image.Image) -> Image.Image:
     return Image.frombytes(img.mode, img.size, img.tobytes())
 
 
-def _colour_key(img: Image.Image) -> int | tuple[int, int, int] | None:
-    """An "L" or "RGB" image's transparent colour (``info["transparency"]``: a grey level, an (R, G, B) triple),
-    as PNG's tRNS chunk holds it for greyscale and truecolour images; None when there is none."""
-    key = img.info.get("transparency")
-    if img.mode == "L" and isinstance(key, int) and not isinstance(key, bool) and 0 <= key <= 255:
-        return key
-    if img.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
-        if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in key):
-            return key
-    return None
+def _key_in_use(img: Image.Image, key: int | tuple[int, int, int]) -> bool:
+    """Whether any pixel has the colour key: a key no pixel has changes nothing that is shown, and costs the
+    native payload nothing to leave out (a PNG payload of a truecolour photo is about 3 times its size)."""
+    arr = np.asarray(img)
+    want = np.array(key, np.uint8)
+    return bool((arr == want).all(axis=-1).any() if arr.ndim == 3 else (arr == want).any())
 
 
 def _keyed_png_file(img: Image.Image, key: int | tuple[int, int, int]) -> bytes:
     """A file whose PNG payload keeps an L or RGB image's colour key (spec 9): only a PNG payload can hold one,
-    so such an image is stored this way whatever the sizes (quantized first if asked: the key stays the key)."""
+    so an image whose pixels use the key is stored this way whatever the sizes. (Quantized first if asked: the
+    key then applies to the quantized pixels, as it does for the filter's output.)"""
     version = _clean_copy(img)
     buf = io.BytesIO()
     version.save(buf, format="PNG", transparency=key, **_png_options(version))

@@ -179,11 +179,24 @@ def _to_palette(bands: np.ndarray, found: tuple[np.ndarray, np.ndarray] | None =
     return out
 
 
+def colour_key(img: Image.Image) -> int | tuple[int, int, int] | None:
+    """An "L" or "RGB" image's transparent colour (``info["transparency"]``: a grey level, an (R, G, B) triple),
+    as PNG's tRNS chunk holds it for greyscale and truecolour images; None when there is none."""
+    key = img.info.get("transparency")
+    if img.mode == "L" and isinstance(key, int) and not isinstance(key, bool) and 0 <= key <= 255:
+        return key
+    if img.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+        if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in key):
+            return key
+    return None
+
+
 def as_palette_image(img: Image.Image) -> Image.Image | None:
     """The same pixels as an exact "P" image (palette trimmed to the colours used), or None.
 
     None when the image has more than 256 distinct colours or a mode a palette cannot hold exactly
-    (palette entries are RGB or RGBA). "P" images are returned as they are.
+    (palette entries are RGB or RGBA). "P" images are returned as they are. An L or RGB image's colour key
+    becomes the transparent palette entry, so the image shows the same.
     """
     if img.mode == "P":
         return img
@@ -192,7 +205,16 @@ def as_palette_image(img: Image.Image) -> Image.Image | None:
     target = "RGBA" if img.mode in ("LA", "RGBA") else "RGB"
     bands = _array(img.convert(target))
     found = few_colours(bands)
-    return None if found is None else _to_palette(bands, found)
+    if found is None:
+        return None
+    out = _to_palette(bands, found)
+    key = colour_key(img)
+    if key is not None:
+        rgb = (key, key, key) if isinstance(key, int) else key
+        hit = np.flatnonzero((found[0] == np.array(rgb, np.uint8)).all(axis=1))
+        if hit.size:
+            out.info["transparency"] = int(hit[0])
+    return out
 
 
 def few_colours(samples: np.ndarray, limit: int = 256) -> tuple[np.ndarray, np.ndarray] | None:

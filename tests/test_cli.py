@@ -366,3 +366,18 @@ def test_info_from_a_pipe_keeps_the_reason_for_a_bad_header_and_main_restores_wa
     before = warnings.showwarning
     assert cli.main(["info", str(kq)]) == 0
     assert warnings.showwarning is before
+
+
+def test_decode_to_png_keeps_a_colour_key(tmp_path, photo):
+    """A keyed image of at most 256 colours became an indexed PNG without its key: opaque. The key is now the
+    transparent palette entry, so the PNG shows the same."""
+    img = Image.open(photo).convert("RGB").quantize(16).convert("RGB")
+    img.info["transparency"] = img.getpixel((0, 0))
+    src, kq, out = tmp_path / "keyed.png", tmp_path / "keyed.kq", tmp_path / "back.png"
+    img.save(src)
+    assert run("encode", str(src), str(kq)).returncode == 0
+    assert run("decode", str(kq), str(out)).returncode == 0
+    back = Image.open(out)
+    assert back.mode == "P"
+    assert np.array_equal(np.asarray(back.convert("RGBA")), np.asarray(Image.open(src).convert("RGBA")))
+    assert np.asarray(back.convert("RGBA"))[..., 3].min() == 0

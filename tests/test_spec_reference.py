@@ -119,7 +119,7 @@ def _cases():
     yield "p-alpha", p_alpha, {}
     keyed_l, keyed_rgb = photo.convert("L"), photo.copy()
     keyed_l.info["transparency"] = int(np.asarray(keyed_l)[0, 0])
-    keyed_rgb.info["transparency"] = tuple(int(v) for v in np.asarray(photo)[0, 0])
+    keyed_rgb.info["transparency"] = photo.filter(kq.KMeansQuantize(8)).getpixel((0, 0))  # in use after k=8
     yield "l-colour-key", keyed_l, {}
     yield "rgb-colour-key", keyed_rgb, {"k": 8}
     yield "1", photo.convert("1"), {}
