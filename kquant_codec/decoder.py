@@ -242,7 +242,9 @@ def png_payload_image(header: KqHeader, png: bytes) -> Image.Image:
         raise KqFormatError(
             f"PNG payload has colour type {colour_type} at {depth} bits, which does not give mode {header.image_mode}"
         )
-    _check_png_rules(png, _check_png_chunks(png))
+    chunks = _check_png_chunks(png)
+    _check_png_rules(png, chunks)
+    _check_png_rows(png, chunks)
     # The PNG plugin's class directly, not Image.open: the declared size has had its decompression-bomb
     # check already, and Image.open would warn again (silencing that with warnings.catch_warnings is not
     # thread-safe: concurrent decoders left the global warning filters changed).
@@ -341,6 +343,44 @@ def _check_png_rules(png: bytes, chunks: list[tuple[bytes, int, int]]) -> None:
             raise KqFormatError(f"PNG payload is corrupt: a colour-key tRNS of {len(trns)} bytes")
         if max(struct.unpack(f">{len(trns) // 2}H", trns)) >> depth:
             raise KqFormatError("PNG payload is corrupt: a colour key past the bit depth")
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_raw_size(width: int, height: int, depth: int, colour_type: int, interlace: int) -> int:
+    """Bytes of a PNG's filtered image data (a filter byte per row, then the row's packed samples)."""
+    bits = depth * _PNG_CHANNELS[colour_type]
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            total += h * (1 + -(-(w * bits) // 8))
+    return total
+
+
+def _check_png_rows(png: bytes, chunks: list[tuple[bytes, int, int]]) -> None:
+    """Spec section 9: the IDAT data is one complete zlib stream holding at least every row (Pillow fills rows
+    that never come with zeros when the stream ends cleanly). Inflates at most one byte past the image."""
+    width, height, depth, colour_type, _, _, interlace = struct.unpack_from(">IIBBBBB", png, 16)
+    need = png_raw_size(width, height, depth, colour_type, interlace)
+    cap, got = need + 1, 0
+    inflate = zlib.decompressobj()
+    view = memoryview(png)
+    try:
+        for kind, start, length in chunks:
+            data = view[start : start + length] if kind == b"IDAT" else b""
+            while data and got < cap:
+                got += len(inflate.decompress(data, cap - got))
+                data = inflate.unconsumed_tail
+    except zlib.error as exc:
+        raise KqFormatError(f"PNG payload is corrupt: its image data does not inflate: {exc}") from None
+    if got < need:
+        raise KqFormatError(f"PNG payload is corrupt: its image data holds {got} of the {need} bytes of its rows")
+    if got < cap and not inflate.eof:
+        raise KqFormatError("PNG payload is corrupt: its zlib stream does not end")
 
 
 @dataclass

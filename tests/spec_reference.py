@@ -1076,6 +1076,23 @@ def decode_png(b, h):
             fail("png: indexed without PLTE")
         if trns and len(trns[0]) > len(plte[0]) // 3:
             fail("png: tRNS longer than PLTE")
+    # the image data: one complete zlib stream holding at least every row (what follows them is ignored)
+    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(ctype, 1)
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    need = 0
+    for x0, y0, dx, dy in passes if inter else [(0, 0, 1, 1)]:
+        pw, ph = -(-(W - x0) // dx), -(-(H - y0) // dy)
+        if pw > 0 and ph > 0:
+            need += ph * (1 + -(-(pw * bits) // 8))
+    z = zlib.decompressobj()
+    try:
+        got = len(z.decompress(b"".join(c[1] for c in chunks if c[0] == b"IDAT"), need + 1))
+    except zlib.error:
+        fail("png: image data does not inflate")
+    if got < need:
+        fail("png: too few rows")
+    if got == need and not z.eof:
+        fail("png: zlib stream does not end")
     try:
         im = Image.open(io.BytesIO(b), formats=["PNG"])
         im.load()

@@ -67,6 +67,8 @@ EXPECTED_READ = {
     "found-png-tRNS-before-PLTE": "KqFormatError",
     "found-png-tRNS-in-greyalpha": "KqFormatError",
     "found-png-IDAT-excess-rows": "ok",
+    "found-png-too-few-rows": "KqFormatError",
+    "found-png-zlib-stream-not-ended": "KqFormatError",
     "found-png-IDAT-trailing-garbage-in-zlib": "ok",
     "hostile-context-valid-16x16-4-stripes": "ok",
     "hostile-context-unknown-version": "KqFormatError",
