@@ -349,7 +349,7 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each colo
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
-def png_raw_size(width: int, height: int, depth: int, colour_type: int, interlace: int) -> int:
+def _png_raw_size(width: int, height: int, depth: int, colour_type: int, interlace: int) -> int:
     """Bytes of a PNG's filtered image data (a filter byte per row, then the row's packed samples)."""
     bits = depth * _PNG_CHANNELS[colour_type]
     passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
@@ -365,7 +365,7 @@ def _check_png_rows(png: bytes, chunks: list[tuple[bytes, int, int]]) -> None:
     """Spec section 9: the IDAT data is one complete zlib stream holding at least every row (Pillow fills rows
     that never come with zeros when the stream ends cleanly). Inflates at most one byte past the image."""
     width, height, depth, colour_type, _, _, interlace = struct.unpack_from(">IIBBBBB", png, 16)
-    need = png_raw_size(width, height, depth, colour_type, interlace)
+    need = _png_raw_size(width, height, depth, colour_type, interlace)
     cap, got = need + 1, 0
     inflate = zlib.decompressobj()
     view = memoryview(png)
