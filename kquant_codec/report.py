@@ -502,7 +502,6 @@ def _tradeoff_figure(new_figure: Callable, m: _Measured) -> Any:
             )
         exact = [r for r in rows if not math.isfinite(r.psnr)]
         if exact:
-            label = None if exact_labelled else "exact copy (PSNR \u221e), on the top edge"
             ax.plot(
                 [r.kq_bytes / _KB for r in exact],
                 [0.98] * len(exact),
@@ -510,9 +509,13 @@ def _tradeoff_figure(new_figure: Callable, m: _Measured) -> Any:
                 ms=9,
                 color=colour,
                 transform=at_top,
-                label=label,
             )
+            for r in exact:
+                ax.annotate(f"{r.k}", (r.kq_bytes / _KB, 0.98), xycoords=at_top, textcoords="offset points",
+                            xytext=(6, -4), fontsize=9, color=colour)  # fmt: skip
             exact_labelled = True
+    if exact_labelled:  # one legend entry for every mode's triangles, in no mode's colour
+        ax.plot([], [], "^", ms=9, color="#555555", label="exact copy (PSNR \u221e), on the top edge")
     ax.axvline(
         m.png_original_bytes / _KB,
         color="black",
