@@ -199,16 +199,18 @@ def _encode_bytes(task: _Task) -> tuple[bytes, int]:
     """Open ``task.source`` and return (output bytes, pixels), exactly as ``kquant encode``/``decode`` do."""
     from PIL import Image
 
+    from kquant_codec.pixels import for_png, frames_problem
+
     with Image.open(task.source) as img:
         img.load()
         pixels = img.size[0] * img.size[1]
         if task.decode:
-            from kquant_codec.pixels import as_palette_image
-
-            out = as_palette_image(img) or img  # an indexed PNG whenever the pixels allow one
             buf = io.BytesIO()
-            out.save(buf, format="PNG", optimize=True)
+            for_png(img).save(buf, format="PNG", optimize=True)
             return buf.getvalue(), pixels
+        problem = frames_problem(img)
+        if problem is not None:
+            raise ValueError(problem)
         options = dict(task.options)
         if task.palette is not None:  # as `kquant encode --palette`: grey, CMYK, ... images converted to fit it
             options["palette"] = task.palette

@@ -161,7 +161,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     if Path(args.output).suffix.lower() != ".kq" and not Path(args.output).is_dir():
         raise CliError(f"{args.output}: kquant encode writes .kq files; name the output *.kq", EXIT_USAGE)
+    from kquant_codec.pixels import frames_problem
+
     img = _open_input(args.input)
+    problem = frames_problem(img)
+    if problem is not None:
+        raise CliError(f"{args.input}: {problem}", EXIT_INPUT)
     options = encode_options(args.k, args.mode, args.seed, args.alpha)
     if args.k is not None or args.mode is not None or args.palette is not None:
         _check_quantizable(img, args.input)
@@ -200,14 +205,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from kquant_codec.pixels import as_palette_image
+    from kquant_codec.pixels import for_png
 
     ext = Path(args.output).suffix.lower()
     if ext == ".kq":
         raise CliError(f"{args.output}: kquant decode writes plain images (.png, .bmp, ...), not .kq", EXIT_USAGE)
     img = _open_input(args.input)
     if ext == ".png":
-        img = as_palette_image(img) or img  # an indexed PNG whenever the pixels allow one
+        img = for_png(img)  # indexed whenever the pixels allow one; CMYK and the like as RGB
         size = _write_image(img, args.output, force=args.force, inputs=(args.input,), fmt="PNG", optimize=True)
     else:
         size = _write_image(img, args.output, force=args.force, inputs=(args.input,))

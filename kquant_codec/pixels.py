@@ -242,3 +242,25 @@ def few_colours(samples: np.ndarray, limit: int = 256) -> tuple[np.ndarray, np.n
             return colours, index.astype(np.uint8)
         found = np.union1d(found, np.unique(keys[missing]))
     raise AssertionError("unreachable: the second round includes every key")
+
+
+def frames_problem(img: Image.Image) -> str | None:
+    """Why a file tool should not store ``img`` as one ``.kq`` image (an animation: every frame after the first
+    would be dropped without a word), or None."""
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        return f"an animation of {frames} frames; a .kq file holds one image (save a frame as its own file first)"
+    return None
+
+
+# Modes a PNG holds (the container's PNG payload modes); the others (CMYK, YCbCr, LAB, HSV) are written as RGB.
+_PNG_WRITABLE = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+
+
+def for_png(img: Image.Image) -> Image.Image:
+    """``img`` as a PNG writer should get it: an exact indexed image whenever the pixels allow one (smaller),
+    else the image itself, converted to RGB when PNG has no such mode (CMYK, YCbCr, LAB, HSV: as shown)."""
+    if img.mode not in _PNG_WRITABLE:
+        img = img.convert("RGB")
+    return as_palette_image(img) or img
+

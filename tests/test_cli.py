@@ -381,3 +381,25 @@ def test_decode_to_png_keeps_a_colour_key(tmp_path, photo):
     assert back.mode == "P"
     assert np.array_equal(np.asarray(back.convert("RGBA")), np.asarray(Image.open(src).convert("RGBA")))
     assert np.asarray(back.convert("RGBA"))[..., 3].min() == 0
+
+
+def test_animations_are_refused_and_cmyk_decodes_to_png(tmp_path):
+    """An animated GIF became a .kq of its first frame (encode and batch, exit 0); a CMYK .kq could not be
+    decoded to PNG (exit 4 from decode, a failure in batch --decode)."""
+    frames = [Image.new("P", (16, 16), i) for i in range(3)]
+    for i, frame in enumerate(frames):
+        frame.putpalette([i * 80, 0, 0] * 3)
+    src = tmp_path / "in"
+    src.mkdir()
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    r = run("encode", str(src / "anim.gif"), str(tmp_path / "anim.kq"), "-k", "4")
+    assert r.returncode == 3 and "an animation of 3 frames" in r.stderr and not (tmp_path / "anim.kq").exists()
+    cmyk = Image.open(src / "anim.gif").convert("RGB").convert("CMYK")
+    cmyk.save(src / "c.tif")
+    r = run("batch", str(src), str(tmp_path / "out"), "--no-progress")
+    assert r.returncode == 5 and "anim.gif" in r.stderr and "an animation of 3 frames" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.kq")) == ["c.kq"]
+    assert run("decode", str(tmp_path / "out" / "c.kq"), str(tmp_path / "c.png")).returncode == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "c.png").convert("RGB")), np.asarray(cmyk.convert("RGB")))
+    r = run("batch", str(tmp_path / "out"), str(tmp_path / "back"), "--decode", "--no-progress")
+    assert r.returncode == 0 and (tmp_path / "back" / "c.png").exists(), r.stderr
