@@ -401,9 +401,11 @@ def _redo_reason(task: _Task, rec: dict[str, Any] | None, params: dict[str, Any]
     """None when the output is complete and made from this input with these parameters, else why not."""
     out = _stat_key(task.output)
     if out is None:
-        return "new" if rec is None or rec.get("pending") else "output deleted"
+        return "new" if rec is None or rec.get("pending") or rec.get("failed") else "output deleted"
     if rec is None:
         return NOT_OURS
+    if rec.get("failed"):  # the output there is an earlier one, which the last run failed to replace
+        return "the last run failed to convert it"
     if rec.get("pending"):
         return "left unfinished by an interrupted run"
     if rec.get("params") != params:
@@ -448,6 +450,13 @@ class _State:
             "src_stat": _stat_key(task.source),
             "out_stat": _stat_key(task.output),
         }
+        self.records[task.out_rel] = rec
+        self._fh.write(json.dumps(rec) + "\n")
+        self._fh.flush()
+
+    def add_failed(self, task: _Task) -> None:
+        """The conversion failed: what stays at the output (if anything) is an earlier run's, now out of date."""
+        rec = {"out": task.out_rel, "src": task.rel, "failed": True}
         self.records[task.out_rel] = rec
         self._fh.write(json.dumps(rec) + "\n")
         self._fh.flush()
@@ -900,8 +909,10 @@ def _run(
             state.add(task, params)
         elif result.status == "not_image":
             summary.not_images.append(result.path)
+            state.add_failed(task)
             log(f"kquant batch: skipped {result.path}: {result.error}")
         else:
+            state.add_failed(task)
             summary.failed += 1
             summary.failures.append({"path": result.path, "error": result.error or "unknown error"})
             log(f"kquant: failed: {result.path}: {result.error}")

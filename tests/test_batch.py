@@ -493,3 +493,17 @@ def test_the_summary_never_overwrites_an_input_an_output_or_other_data(tree, tmp
     assert summary.stat().st_size > 5_000_000
     assert _cli("batch", str(tree), str(out), "-k", "4", "--no-progress", "--summary", str(summary)) == 0
     assert json.loads(summary.read_text())["failures"] == []
+
+
+def test_a_failed_redo_is_not_called_an_interrupted_run(tmp_path, capsys):
+    """A file whose redo failed kept its "pending" line: the next run said it was "left unfinished by an
+    interrupted run", which never happened."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)).save(src / "deep.png")
+    assert _cli("batch", str(src), str(out), "--no-progress") == 0  # stored exactly (16-bit: a PNG payload)
+    assert _cli("batch", str(src), str(out), "-k", "8", "--no-progress") == 5  # 16-bit cannot be quantized
+    capsys.readouterr()
+    assert _cli("batch", str(src), str(out), "-k", "8", "--no-progress") == 5
+    err = capsys.readouterr().err
+    assert "the last run failed to convert it" in err and "interrupted" not in err, err
