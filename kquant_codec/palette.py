@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .kmeans_colour import fit_palette
+from .pixels import colour_key
 from .quantizer import check_k, check_seed
 
 __all__ = ["PaletteLearner", "learn_palette", "colour_histogram", "image_for_palette"]
@@ -42,9 +43,10 @@ _DENSE_AT = 1 << 21
 def _pixels(image: Any) -> np.ndarray:
     """The counted pixels of one image as (H, W, 3) uint8 RGB, or (N, 3) when transparent pixels are dropped.
 
-    Pillow images: RGB as is; modes with alpha (RGBA, LA, PA, La, RGBa, and P with transparency or an RGBA
-    palette) go through RGBA and their fully transparent pixels (alpha 0) are left out; 16-bit, 32-bit and
-    float modes ("I;16", "I", "F") raise ``ValueError``; every other mode is converted to RGB.
+    Pillow images: RGB as is; modes with alpha (RGBA, LA, PA, La, RGBa, P with transparency or an RGBA
+    palette, and L or RGB with a colour key) go through RGBA and their fully transparent pixels (alpha 0) are
+    left out; 16-bit, 32-bit and float modes ("I;16", "I", "F") raise ``ValueError``; every other mode is
+    converted to RGB.
     Arrays: (H, W, 3) uint8 RGB, or (H, W, 4) uint8 RGBA (alpha 0 left out).
     """
     if isinstance(image, Image.Image):
@@ -56,7 +58,9 @@ def _pixels(image: Any) -> np.ndarray:
         has_alpha = "A" in image.getbands() or "a" in image.getbands()
         if image.mode == "P":  # transparency by index, or per entry in an RGBA palette (Image.quantize of RGBA)
             has_alpha = "transparency" in image.info or (image.palette is not None and image.palette.mode == "RGBA")
-        if image.mode == "RGB":
+        if colour_key(image) is not None:  # an L or RGB image's transparent colour: its pixels are not shown
+            has_alpha = True
+        if image.mode == "RGB" and not has_alpha:
             arr = np.asarray(image)
         else:
             arr = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))

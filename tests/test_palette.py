@@ -431,3 +431,18 @@ def test_image_for_palette_converts_only_what_a_palette_cannot_take(china_small)
         np.testing.assert_array_equal(np.asarray(out), np.asarray(rgb.convert(mode).convert(target)))
     with pytest.raises(ValueError, match="16-bit or float"):
         kq.image_for_palette(Image.new("I;16", (4, 4)), colours)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_colour_key_pixels_are_not_counted(mode):
+    """An L or RGB image's colour-key pixels are transparent: they were counted, and took a palette colour."""
+    arr = np.zeros((32, 64, 3), np.uint8)
+    arr[:, :32] = (255, 0, 255) if mode == "RGB" else (200, 200, 200)
+    arr[:16, 32:] = (0, 0, 200) if mode == "RGB" else (40, 40, 40)
+    arr[16:, 32:] = (0, 128, 0) if mode == "RGB" else (120, 120, 120)
+    img = Image.fromarray(arr).convert(mode)
+    img.info["transparency"] = img.getpixel((0, 0))
+    learner = kq.PaletteLearner(k=2).partial_fit(img)
+    assert learner.n_pixels_seen_ == 32 * 32
+    shown = np.asarray(img.convert("RGB"))[:, 32:].reshape(-1, 3)
+    assert {tuple(c) for c in learner.palette_} == {tuple(c) for c in np.unique(shown, axis=0)}
