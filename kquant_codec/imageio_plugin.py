@@ -86,6 +86,11 @@ def _build_plugin() -> type:
                         raise reason from None
                 raise
 
+        def write(self, ndimage: Any, *, mode: str | None = None, **kwargs: Any) -> Any:
+            if mode in ("rgb", "global", "channel"):  # imageio's mode is the Pillow image mode (KeyError there)
+                raise ValueError(f"mode= is the Pillow image mode in imageio: use quant_mode={mode!r}")
+            return super().write(ndimage, mode=mode, **kwargs)
+
         def _flush_writer(self) -> None:
             if not self.images_to_write:
                 return

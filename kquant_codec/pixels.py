@@ -263,4 +263,3 @@ def for_png(img: Image.Image) -> Image.Image:
     if img.mode not in _PNG_WRITABLE:
         img = img.convert("RGB")
     return as_palette_image(img) or img
-

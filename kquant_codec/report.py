@@ -478,6 +478,9 @@ def _size_text(n: int) -> str:
     return f"{n / 1e6:.3g} MB"
 
 
+_LABEL_OFFSETS = ((5, -12), (-14, 5), (6, 3))  # points: where each mode's k labels sit from its markers
+
+
 def _tradeoff_figure(new_figure: Callable, m: _Measured) -> Any:
     """PSNR against .kq bytes (rate-distortion): which mode and k give the best image for the bytes."""
     from matplotlib.transforms import blended_transform_factory
@@ -491,12 +494,13 @@ def _tradeoff_figure(new_figure: Callable, m: _Measured) -> Any:
         finite = [r for r in rows if math.isfinite(r.psnr)]
         colour = _MODE_COLOURS[mode]
         ax.plot([r.kq_bytes / _KB for r in finite], [r.psnr for r in finite], "o-", lw=2, color=colour, label=mode)
+        dx, dy = _LABEL_OFFSETS[m.modes.index(mode) % len(_LABEL_OFFSETS)]  # modes' labels apart
         for r in finite:
             ax.annotate(
                 f"{r.k}",
                 (r.kq_bytes / _KB, r.psnr),
                 textcoords="offset points",
-                xytext=(5, -11),
+                xytext=(dx, dy),
                 fontsize=9,
                 color=colour,
             )
@@ -528,7 +532,7 @@ def _tradeoff_figure(new_figure: Callable, m: _Measured) -> Any:
     ax.set_xlabel(".kq file size (kB, 1 kB = 1000 bytes), log scale")
     ax.set_ylabel("PSNR (dB, higher is closer to the original)")
     ax.set_title("Quality against file size (numbers next to the points: k); up and to the left is better")
-    ax.legend(title="mode", loc="lower right", fontsize=10)
+    ax.legend(title="mode", loc="upper left", fontsize=10)  # small and sharp: no curve goes there
     return fig
 
 

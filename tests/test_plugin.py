@@ -611,6 +611,8 @@ def test_encode_image_names_what_is_wrong_with_its_arguments():
         encode_image(img, k=2, alpha=np.array(["keep"]))
     with pytest.raises(ValueError, match="quant_mode must be one of"):
         iio.imwrite("<bytes>", arr, extension=".kq", quant_mode="bogus")
+    with pytest.raises(ValueError, match="use quant_mode='global'"):  # was KeyError 'global'
+        iio.imwrite("<bytes>", arr, extension=".kq", mode="global")
 
 
 def test_imageio_keeps_the_old_file_when_a_write_fails_and_names_a_bad_header(tmp_path):
