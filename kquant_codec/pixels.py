@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .container import PNG_MODES
+
 __all__ = [
     "SplitImage",
     "split_image",
@@ -253,13 +255,9 @@ def frames_problem(img: Image.Image) -> str | None:
     return None
 
 
-# Modes a PNG holds (the container's PNG payload modes); the others (CMYK, YCbCr, LAB, HSV) are written as RGB.
-_PNG_WRITABLE = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
-
-
 def for_png(img: Image.Image) -> Image.Image:
     """``img`` as a PNG writer should get it: an exact indexed image whenever the pixels allow one (smaller),
     else the image itself, converted to RGB when PNG has no such mode (CMYK, YCbCr, LAB, HSV: as shown)."""
-    if img.mode not in _PNG_WRITABLE:
+    if img.mode not in PNG_MODES:  # the modes a PNG holds
         img = img.convert("RGB")
     return as_palette_image(img) or img
