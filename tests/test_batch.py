@@ -500,7 +500,7 @@ def test_a_failed_redo_is_not_called_an_interrupted_run(tmp_path, capsys):
     interrupted run", which never happened."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)).save(src / "deep.png")
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(src / "deep.png")
     assert _cli("batch", str(src), str(out), "--no-progress") == 0  # stored exactly (16-bit: a PNG payload)
     assert _cli("batch", str(src), str(out), "-k", "8", "--no-progress") == 5  # 16-bit cannot be quantized
     capsys.readouterr()
