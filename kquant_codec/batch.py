@@ -248,16 +248,18 @@ def _process(task: _Task) -> FileResult:
 
 
 _INTERRUPTIBLE = False  # in a pool worker: whether SIGINT may stop the file being converted
+_STOPPING: Any = None  # in a pool worker: the run's stop event (set by the parent on Ctrl-C or SIGTERM)
 
 
-def _init_pool_worker(interruptible: bool) -> None:
+def _init_pool_worker(interruptible: bool, stopping: Any = None) -> None:
     """Pool workers ignore SIGINT while idle (an idle worker killed by Ctrl-C would break the pool).
 
     interruptible : whether SIGINT stops a file mid-way; false when the parent ignores SIGINT (a job
     started in the background), so that a Ctrl-C meant for others does not cost us files.
     """
-    global _INTERRUPTIBLE
+    global _INTERRUPTIBLE, _STOPPING
     _INTERRUPTIBLE = interruptible
+    _STOPPING = stopping
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Import now, while SIGINT is ignored, what converting a file would import on first use: a Ctrl-C landing
     # inside the import machinery comes out as "Exception ignored" tracebacks instead of a clean stop.
@@ -296,6 +298,10 @@ def _pool_process(task: _Task) -> FileResult:
     interrupted = FileResult(task.rel, task.out_rel, "interrupted", error="interrupted by SIGINT")
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        # A stop that came while this worker was still starting (ignoring SIGINT) found nothing to interrupt:
+        # the event tells. Checked after the handler is set, so a later SIGINT interrupts the file instead.
+        if _STOPPING is not None and _STOPPING.is_set():
+            return interrupted
         with noting_sigint():
             result = _process(task)
             if interrupt_seen() and result.status != "done":
@@ -560,8 +566,9 @@ def _run_pool(tasks: list[_Task], jobs: int, report: Callable[..., None]) -> Non
     before = {p.pid for p in multiprocessing.active_children()}
     while pending:
         interruptible = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        stopping = context.Event()
         executor = ProcessPoolExecutor(
-            max_workers=jobs, mp_context=context, initializer=_init_pool_worker, initargs=(interruptible,)
+            max_workers=jobs, mp_context=context, initializer=_init_pool_worker, initargs=(interruptible, stopping)
         )
         inflight: dict[Any, _Task] = {}
         broken = False
@@ -614,6 +621,7 @@ def _run_pool(tasks: list[_Task], jobs: int, report: Callable[..., None]) -> Non
                         pending.appendleft(task)
                 inflight.clear()
         except KeyboardInterrupt:
+            stopping.set()  # files a worker has not begun are not begun (see _pool_process)
             for future in inflight:
                 future.cancel()
             _stop_workers(before)

@@ -507,3 +507,29 @@ def test_a_failed_redo_is_not_called_an_interrupted_run(tmp_path, capsys):
     assert _cli("batch", str(src), str(out), "-k", "8", "--no-progress") == 5
     err = capsys.readouterr().err
     assert "the last run failed to convert it" in err and "interrupted" not in err, err
+
+
+def test_a_worker_that_starts_after_the_stop_converts_nothing(tmp_path, china):
+    """Ctrl-C while the pool's workers were still starting (ignoring SIGINT) was lost: on a loaded machine two
+    12 MP files that had not begun were converted in full before exit 130. A worker now checks the run's stop
+    event before it begins a file (here the worker's two steps, run in this process)."""
+    import multiprocessing
+
+    from kquant_codec import batch
+
+    src = tmp_path / "a.png"
+    china.crop((0, 0, 64, 48)).save(src)
+    task = batch._Task(str(src), str(tmp_path / "a.kq"), "a.png", "a.kq", False, (("k", 4),))
+    stopping = multiprocessing.get_context("spawn").Event()
+    previous = signal.getsignal(signal.SIGINT)
+    saved = batch._INTERRUPTIBLE, batch._STOPPING
+    try:
+        batch._init_pool_worker(True, stopping)
+        stopping.set()
+        result = batch._pool_process(task)
+        assert result.status == "interrupted" and not (tmp_path / "a.kq").exists()
+        stopping.clear()
+        assert batch._pool_process(task).status == "done" and (tmp_path / "a.kq").exists()
+    finally:
+        batch._INTERRUPTIBLE, batch._STOPPING = saved
+        signal.signal(signal.SIGINT, previous)
