@@ -1076,7 +1076,7 @@ def decode_png(b, h):
             fail("png: indexed without PLTE")
         if trns and len(trns[0]) > len(plte[0]) // 3:
             fail("png: tRNS longer than PLTE")
-    # the image data: one complete zlib stream holding at least every row (what follows them is ignored)
+    # the image data, joined, inflated with room for the rows and one byte: every row, and the end if no more
     bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(ctype, 1)
     passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
     need = 0
@@ -1093,6 +1093,11 @@ def decode_png(b, h):
         fail("png: too few rows")
     if got == need and not z.eof:
         fail("png: zlib stream does not end")
+    # only IHDR, PLTE, tRNS, IDAT and IEND are read: ancillary chunks are skipped (after their CRC check)
+    kept = [c for c in chunks if c[0] in (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")]
+    b = b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(body)) + typ + body + struct.pack(">I", crc32(typ + body)) for typ, body in kept
+    )
     try:
         im = Image.open(io.BytesIO(b), formats=["PNG"])
         im.load()

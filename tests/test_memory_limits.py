@@ -151,11 +151,11 @@ def _cases() -> dict[str, tuple[bytes, int, float, str]]:
     )
     text = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib_zeros(1000))  # ~1 GiB of text
     small_idat = zlib.compress(bytes(side * (side + 1)))
-    cases["PNG zTXt bomb, 1024x1024 L"] = (
+    cases["PNG zTXt bomb, 1024x1024 L"] = (  # ancillary chunks are skipped, never inflated (spec 9)
         png_payload("L", side, side, png_stream(side, side, small_idat, extra=text)),
         side * side,
         0,
-        "KqFormatError",
+        "ok",
     )
     # A second IHDR chunk (Pillow uses the last one) declaring 12000x12000 RGBA: 576 MB for Pillow to allocate.
     second_ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 6, 0, 0, 0))
