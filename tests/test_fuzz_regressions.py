@@ -104,3 +104,19 @@ def test_regression_input_keeps_the_contract(path, limit):
         assert outcome.read == expected, outcome
     if path.stem.startswith("found-"):
         assert outcome.read != "ok" or outcome.round_trip  # either refused, or decoded and round-tripped
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("hostile-header-without-payload", "payload has 0 of 6 bytes"),
+        ("hostile-spec-example-trailing-byte", "1 unexpected bytes after the payload CRC"),
+        ("hostile-labels-past-the-table", "points past its 3-entry centroid table"),
+    ],
+)
+def test_files_built_on_the_spec_example_fail_for_their_own_reason(name, message):
+    """They were built on a hand copy of the example with two stray bytes, and all failed the header CRC."""
+    import kquant_codec as kq
+
+    with pytest.raises(kq.KqFormatError, match=message):
+        kq.read_kq(HERE / f"{name}.kq")
