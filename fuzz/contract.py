@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 MAGIC = b"\x89KQI\r\n\x1a\n"
-FIXED = struct.Struct("<8sBBBBBBBBIIBBHII4H")
+FIXED = struct.Struct("<8sBBBBBBBBIIBBBBII4H")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # A low decompression-bomb limit while fuzzing keeps every execution cheap: anything declaring more than
@@ -237,17 +237,19 @@ def _check_round_trip(img: Image.Image) -> None:
 
 
 def _table_bytes(fields: tuple) -> int:
-    """Centroid table bytes implied by a (possibly invalid) fixed header, as a reader computes them."""
-    payload, quant, channels, sizes = fields[2], fields[4], fields[6], fields[16:20]
+    """Centroid table and colour key bytes implied by a (possibly invalid) fixed header, as a reader computes
+    them."""
+    payload, quant, channels, sizes = fields[2], fields[4], fields[6], fields[17:21]
     if payload == 1:
         return 0
+    key = channels if fields[13] == 1 else 0
     if fields[8] == 1 and quant in (1, 2):  # level sets: 32 bytes per table
-        return 32 * (1 if quant == 1 else min(channels, 4))
+        return 32 * (1 if quant == 1 else min(channels, 4)) + key
     if quant == 0:
-        return sizes[0] * channels
+        return sizes[0] * channels + key
     if quant == 1:
-        return sizes[0]
-    return sum(sizes[: min(channels, 4)])
+        return sizes[0] + key
+    return sum(sizes[: min(channels, 4)]) + key
 
 
 def fix_crcs(data: bytes) -> bytes:
@@ -273,7 +275,7 @@ def fix_lengths(data: bytes) -> bytes:
         return data
     fields = FIXED.unpack_from(data)
     start = FIXED.size + _table_bytes(fields) + 4
-    label_length = len(data) - start - 4 - fields[15]
+    label_length = len(data) - start - 4 - fields[16]
     if label_length < 0:
         return data
     out = bytearray(data)
@@ -295,7 +297,8 @@ _FIELDS = [
     (20, "I", (0, 1, 2, 3, 7, 8, 9, 255, 256, 4096, 65536, 1 << 24, (1 << 24) + 1, 1 << 31, 0xFFFFFFFF)),  # height
     (24, "B", (0, 1, 2, 3, 4, 255)),  # label codec (3: the context coder)
     (25, "B", (0, 1, 2, 3, 4, 255)),  # alpha codec
-    (26, "H", (0, 1)),  # reserved
+    (26, "B", (0, 1, 2)),  # colour key flag
+    (27, "B", (0, 1)),  # reserved
     (28, "I", (0, 1, 2, 7, 8, 64, 65536, 0x7FFFFFFF, 0xFFFFFFFF)),  # label_length
     (32, "I", (0, 1, 2, 64, 65536, 0xFFFFFFFF)),  # alpha_length
     (36, "H", (0, 1, 2, 3, 4, 5, 16, 17, 255, 256, 257, 0xFFFF)),  # m0

@@ -156,7 +156,7 @@ def _png_of(img: Image.Image) -> bytes:
 def _with_crcs(data: bytearray) -> bytes:
     """Recompute both CRCs of a hand-edited file (header CRC after the tables, payload CRC at the end)."""
     fixed = c._FIXED.unpack_from(bytes(data[: c.FIXED_HEADER_SIZE]))
-    payload_kind, quant, channels, sizes = fixed[2], fixed[4], fixed[6], fixed[16:20]
+    payload_kind, quant, channels, key, sizes = fixed[2], fixed[4], fixed[6], fixed[13], fixed[17:21]
     if payload_kind == 1:
         tables = 0
     elif quant == 0:
@@ -165,7 +165,7 @@ def _with_crcs(data: bytearray) -> bytes:
         tables = sizes[0]
     else:
         tables = sum(sizes[:channels])
-    end = c.FIXED_HEADER_SIZE + tables
+    end = c.FIXED_HEADER_SIZE + tables + (channels if key == 1 and payload_kind == 0 else 0)
     struct.pack_into("<I", data, end, zlib.crc32(data[:end]))
     struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[end + 4 : len(data) - 4]))
     return bytes(data)

@@ -247,6 +247,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = kq.kq_info(data)
     facts = dataclasses.asdict(info)
     facts["k"] = info.k  # (a property: the largest table)
+    if img.mode in ("L", "RGB"):  # decoded: a PNG payload's key too, which the header alone does not show
+        facts["colour_key"] = img.info.get("transparency")
     png = png_bytes(img)
     facts["png_bytes"] = png
     facts["ratio_vs_png"] = png / max(info.file_bytes, 1)

@@ -4,7 +4,7 @@ Everything here follows ``spec/kq-format.md``; numpy and the standard library on
 
 A file is::
 
-    header block  = fixed header (44 bytes) + centroid table bytes
+    header block  = fixed header (44 bytes) + centroid table bytes + colour key (0 or ``channels`` bytes)
     header CRC    = CRC-32 of the header block (u32, little-endian)
     label stream  = ``label_length`` bytes, compressed with ``label_codec``  (PNG payload: the PNG stream)
     alpha stream  = ``alpha_length`` bytes, compressed with ``alpha_codec``  (only when alpha is a plane)
@@ -77,7 +77,7 @@ MAGIC = b"\x89KQI\r\n\x1a\n"
 VERSION = 1
 FIXED_HEADER_SIZE = 44
 LEVEL_SET_BYTES = 32  # a level table stored as the set of its levels: 256 bits
-_FIXED = struct.Struct("<8sBBBBBBBBIIBBHII4H")
+_FIXED = struct.Struct("<8sBBBBBBBBIIBBBBII4H")
 assert _FIXED.size == FIXED_HEADER_SIZE
 
 MAX_SIDE = 1 << 24  # largest width or height
@@ -104,6 +104,7 @@ NATIVE_MODES = tuple(COLOUR_CHANNELS)
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
 STORABLE_MODES = tuple(sorted(set(NATIVE_MODES) | set(PNG_MODES)))  # every image mode a .kq file holds
 _ALPHA_MODES = ("LA", "RGBA")
+KEY_MODES = ("L", "RGB")  # image modes whose native payload may carry a colour key (header byte 26)
 
 QUANT_MODES = ("rgb", "global", "channel")  # codes 0, 1, 2
 ALPHA_KINDS = ("none", "plane", "table")  # codes 0, 1, 2
@@ -151,6 +152,8 @@ class KqHeader:
     tables : the centroid table bytes, in table order (``m`` bytes per level table, ``m * channels`` for rgb).
     level_sets : the file stores each level table as a 32-byte set of levels (header byte 15 = 1; global
         and channel modes, every table strictly ascending); ``tables`` holds the levels all the same.
+    colour_key : the image's transparent colour, one sample per channel (native "L": (grey,), "RGB":
+        (R, G, B)); None when it has none. Stored after the tables (header byte 26 = 1).
     """
 
     width: int
@@ -168,6 +171,7 @@ class KqHeader:
     table_sizes: tuple[int, ...] = ()
     tables: bytes = field(default=b"", repr=False)
     level_sets: bool = False
+    colour_key: tuple[int, ...] | None = None
     version: int = VERSION
 
     # -- derived sizes ---------------------------------------------------------------------------
@@ -180,7 +184,12 @@ class KqHeader:
     @property
     def header_length(self) -> int:
         """Bytes from the start of the file to the first payload byte (header block + header CRC)."""
-        return FIXED_HEADER_SIZE + self.stored_table_length + 4
+        return FIXED_HEADER_SIZE + self.stored_table_length + self.key_length + 4
+
+    @property
+    def key_length(self) -> int:
+        """Bytes the colour key takes after the tables: one per channel, or 0 without a key."""
+        return 0 if self.colour_key is None else len(self.colour_key)
 
     @property
     def stored_table_length(self) -> int:
@@ -266,12 +275,15 @@ class KqHeader:
             self.height,
             self.label_codec,
             self.alpha_codec,
+            int(self.colour_key is not None),
             0,
             self.label_length,
             self.alpha_length,
             *(tuple(self.table_sizes) + (0, 0, 0, 0))[:4],
         )
         block = fixed + (self._level_set_bytes() if self.level_sets else bytes(self.tables))
+        if self.colour_key is not None:
+            block += bytes(self.colour_key)
         return block + struct.pack("<I", zlib.crc32(block))
 
     def _level_set_bytes(self) -> bytes:
@@ -307,6 +319,7 @@ def _table_bytes(payload: str, quant_mode: str | None, channels: int, sizes: tup
 
 
 _LEVEL_SETS_ONLY = "level sets (table coding 1) are for the tables of global and channel quantization modes"
+_KEY_NATIVE_ONLY = "a PNG payload holds a colour key in its tRNS chunk: header byte 26 must be 0"
 
 
 def _level_sets_allowed(payload: str, quant_mode: str | None) -> bool:
@@ -381,6 +394,8 @@ def _check_fields(h: KqHeader) -> None:
             raise _fail("a PNG payload has no centroid tables")
         if h.level_sets:
             raise _fail(_LEVEL_SETS_ONLY)
+        if h.colour_key is not None:
+            raise _fail(_KEY_NATIVE_ONLY)
         return
     if h.image_mode not in NATIVE_MODES:
         raise _fail(f"image mode {h.image_mode!r} cannot be stored natively")
@@ -436,14 +451,20 @@ def _check_fields(h: KqHeader) -> None:
             raise _fail(_LEVEL_SETS_ONLY)
         if not _strictly_ascending(h):
             raise _fail("tables stored as level sets must be strictly ascending")
+    if h.colour_key is not None:
+        if h.image_mode not in KEY_MODES:
+            raise _fail(f"a colour key is for images of mode L or RGB, not {h.image_mode}")
+        key = tuple(h.colour_key)
+        if len(key) != h.channels or not all(isinstance(v, int) and 0 <= v <= 255 for v in key):
+            raise _fail(f"colour key {key} is not {h.channels} sample(s) of 0..255")
     if h.image_mode == "1":
         values = set(bytes(h.tables))
         if not values <= {0, 255}:
             raise _fail(f"a mode-1 table may hold only 0 and 255, found {sorted(values - {0, 255})}")
 
 
-def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
-    """Decode the 44 fixed bytes into a header without tables, and the table byte count."""
+def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int, int]:
+    """Decode the 44 fixed bytes into a header without tables or key, the table byte count and the key's."""
     if len(fixed) < len(MAGIC) or fixed[: len(MAGIC)] != MAGIC:
         if MAGIC.startswith(bytes(fixed[: len(MAGIC)])):
             raise _fail(f"truncated .kq header: {len(fixed)} of {FIXED_HEADER_SIZE} bytes")
@@ -464,7 +485,8 @@ def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
         height,
         label_codec,
         alpha_codec,
-        reserved2,
+        has_key,
+        reserved,
         label_length,
         alpha_length,
         *sizes,
@@ -481,8 +503,10 @@ def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
         raise _fail(f"invalid alpha code {alpha} (0 none, 1 plane, 2 table)")
     if packed > 1:
         raise _fail(f"invalid packing flag {packed} (0 or 1)")
-    if reserved2:
-        raise _fail("reserved header fields must be zero")
+    if reserved:
+        raise _fail("reserved header byte 27 must be zero")
+    if has_key > 1:
+        raise _fail(f"invalid colour key flag {has_key} (0 none, 1 a key follows the tables)")
     if level_sets > 1:
         raise _fail(f"invalid table coding {level_sets} (0 bytes, 1 level sets)")
     if level_sets and not _level_sets_allowed(_PAYLOADS[payload], QUANT_MODES[quant]):
@@ -490,6 +514,10 @@ def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
     is_png = payload == 1
     if is_png and (quant or alpha or channels or packed):
         raise _fail("a PNG payload must have quant mode, alpha, channels and packing all zero")
+    if is_png and has_key:
+        raise _fail(_KEY_NATIVE_ONLY)
+    if has_key and IMAGE_MODES[mode_code] not in KEY_MODES:
+        raise _fail(f"a colour key is for images of mode L or RGB, not {IMAGE_MODES[mode_code]}")
     quant_mode = None if is_png else QUANT_MODES[quant]
     if not is_png:
         if not 1 <= channels <= 4:
@@ -519,9 +547,10 @@ def _fields_from_fixed(fixed: bytes) -> tuple[KqHeader, int]:
         level_sets=bool(level_sets),
         version=version,
     )
+    key_bytes = channels if has_key else 0
     if level_sets:
-        return header, header.stored_table_length_as_sets()
-    return header, _table_bytes(header.payload, quant_mode, channels, sizes)
+        return header, header.stored_table_length_as_sets(), key_bytes
+    return header, _table_bytes(header.payload, quant_mode, channels, sizes), key_bytes
 
 
 def header_length(fixed: bytes) -> int:
@@ -530,8 +559,8 @@ def header_length(fixed: bytes) -> int:
     Lets a streaming reader know how many more bytes to read before calling ``unpack_header``.
     Raises ``KqFormatError`` for bad magic, a truncated fixed header or an invalid fixed field.
     """
-    _, table_bytes = _fields_from_fixed(bytes(fixed[:FIXED_HEADER_SIZE]))
-    return FIXED_HEADER_SIZE + table_bytes + 4
+    _, table_bytes, key_bytes = _fields_from_fixed(bytes(fixed[:FIXED_HEADER_SIZE]))
+    return FIXED_HEADER_SIZE + table_bytes + key_bytes + 4
 
 
 def unpack_header(data: bytes) -> KqHeader:
@@ -540,16 +569,18 @@ def unpack_header(data: bytes) -> KqHeader:
     Checks the magic, every field, and the header CRC. Raises ``KqFormatError``.
     """
     data = memoryview(data)
-    header, table_bytes = _fields_from_fixed(bytes(data[:FIXED_HEADER_SIZE]))
-    end = FIXED_HEADER_SIZE + table_bytes
+    header, table_bytes, key_bytes = _fields_from_fixed(bytes(data[:FIXED_HEADER_SIZE]))
+    tables_end = FIXED_HEADER_SIZE + table_bytes
+    end = tables_end + key_bytes
     if len(data) < end + 4:
         raise _fail(f"truncated .kq header: {len(data)} of {end + 4} bytes")
     (stored_crc,) = struct.unpack_from("<I", data, end)
     if zlib.crc32(data[:end]) != stored_crc:
         raise _fail("header CRC mismatch: the header is corrupt")
-    stored = bytes(data[FIXED_HEADER_SIZE:end])
+    stored = bytes(data[FIXED_HEADER_SIZE:tables_end])
     tables = _levels_from_sets(stored, header.table_sizes) if header.level_sets else stored
-    header = replace(header, tables=tables)
+    key = tuple(data[tables_end:end]) if key_bytes else None
+    header = replace(header, tables=tables, colour_key=key)
     _check_fields(header)
     return header
 

@@ -41,6 +41,7 @@ __all__ = [
     "check_pixel_limit",
     "png_payload_image",
     "native_image",
+    "pillow_key",
     "read_at_most",
 ]
 
@@ -74,7 +75,9 @@ class KqInfo:
     (quantized with the colour channels). channels : channels per centroid row. table_sizes : entries per
     table. label_bits : bits per label in each label plane. codec / alpha_codec : stream codec names
     ("stored", "zlib", "lzma2"; "png" for a PNG payload). file_bytes, header_bytes, payload_bytes : sizes in
-    bytes (payload = streams + payload CRC). version : format version.
+    bytes (payload = streams + payload CRC). version : format version. colour_key : a native "L" or "RGB"
+    image's transparent colour as Pillow gives it (``info["transparency"]``: a grey level, an (R, G, B)
+    triple), else None (a PNG payload's key is in its tRNS chunk and shows only on decoding).
     """
 
     width: int
@@ -92,6 +95,7 @@ class KqInfo:
     header_bytes: int
     payload_bytes: int
     version: int
+    colour_key: int | tuple[int, int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -121,6 +125,7 @@ def _info_from_header(header: KqHeader, file_bytes: int) -> KqInfo:
         header_bytes=header.header_length,
         payload_bytes=header.payload_length,
         version=header.version,
+        colour_key=pillow_key(header),
     )
 
 
@@ -194,8 +199,23 @@ def palette_of(header: KqHeader) -> tuple[ImagePalette.ImagePalette, int | bytes
     return palette, transparency
 
 
+def pillow_key(header: KqHeader) -> int | tuple[int, int, int] | None:
+    """The header's colour key as Pillow's ``info["transparency"]``: the grey level ("L"), (R, G, B) ("RGB")."""
+    key = header.colour_key
+    if key is None:
+        return None
+    return key[0] if header.image_mode == "L" else (key[0], key[1], key[2])
+
+
 def native_image(header: KqHeader, labels: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
-    """Rebuild the image of a native payload: centroid lookup, alpha, image mode."""
+    """Rebuild the image of a native payload: centroid lookup, alpha, image mode, colour key."""
+    img = _native_pixels(header, labels, alpha)
+    if header.colour_key is not None:
+        img.info["transparency"] = pillow_key(header)
+    return img
+
+
+def _native_pixels(header: KqHeader, labels: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
     if header.image_mode == "P":
         img = Image.frombytes("P", header.size, np.ascontiguousarray(labels).tobytes())
         palette, transparency = palette_of(header)

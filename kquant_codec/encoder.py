@@ -47,6 +47,7 @@ from .container import (
     pack_file,
     plane_depth,
     png_payload_header,
+    unpack_header,
 )
 from .decoder import png_payload_image
 from .pixels import SUPPORTED_MODES, as_palette_image, colour_key, few_colours, split_image
@@ -148,19 +149,22 @@ def encode_image(
             img = img.filter(quantize)
         mode = mode or "rgb"
         alpha = alpha or "keep"
-    if key is not None and fallback and _key_in_use(_pixels(img), key):
-        return _keyed_png_file(_pixels(img), key)
+    if key is not None and not _key_in_use(_pixels(img), key):
+        key = None  # it changes nothing shown
     candidates: list[bytes] = []
     if fallback and img.mode in PNG_MODES and img.width * img.height <= _PNG_ALONGSIDE_MAX_PIXELS:
-        candidates = _candidates_alongside(img, mode, alpha, fitted)
+        candidates = _candidates_alongside(img, mode, alpha, fitted, key)
     else:
         if img.mode in NATIVE_MODES:
             # one thing at a time here, so the fit's labels can be relabelled in place and given back
             candidates.extend(_native_candidates(img, mode, alpha, fitted, in_place=True))
         if (fallback or not candidates) and img.mode in PNG_MODES:
-            png = _png_candidate(img, min(map(len, candidates), default=None), _fitted_palette_image(fitted))
+            native = min(map(len, candidates), default=None)
+            png = _png_candidate(img, native, _fitted_palette_image(fitted), key=key)
             if png is not None:
                 candidates.append(png)
+    if key is not None:  # a header fact: the native payloads are the same with it
+        candidates = [_with_colour_key(file, key) for file in candidates]
     if not candidates:
         raise ValueError(
             f"cannot store image mode {img.mode!r} in a .kq file; convert it to one of "
@@ -170,7 +174,11 @@ def encode_image(
 
 
 def _candidates_alongside(
-    img: Image.Image | _Deferred, mode: str | None, alpha: str | None, fitted: QuantizedImage | None
+    img: Image.Image | _Deferred,
+    mode: str | None,
+    alpha: str | None,
+    fitted: QuantizedImage | None,
+    key: int | tuple[int, int, int] | None,
 ) -> list[bytes]:
     """The native candidates and the PNG one, built at the same time: the native payload of a small image is
     one stripe on one core, and Pillow's PNG encoder releases the GIL.
@@ -183,7 +191,8 @@ def _candidates_alongside(
     cancel = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kq-png")
     try:
-        job = pool.submit(_png_candidate, img, None, _fitted_palette_image(fitted), quick=quick, cancel=cancel)
+        palette = _fitted_palette_image(fitted)
+        job = pool.submit(_png_candidate, img, None, palette, quick=quick, cancel=cancel, key=key)
         candidates = _native_candidates(img, mode, alpha, fitted) if img.mode in NATIVE_MODES else []
         native = min(map(len, candidates), default=None)
         if native is not None:
@@ -591,17 +600,15 @@ def _key_in_use(img: Image.Image, key: int | tuple[int, int, int]) -> bool:
     return bool((arr == want).all(axis=-1).any() if arr.ndim == 3 else (arr == want).any())
 
 
-def _keyed_png_file(img: Image.Image, key: int | tuple[int, int, int]) -> bytes:
-    """A file whose PNG payload keeps an L or RGB image's colour key (spec 9): only a PNG payload can hold one,
-    so an image whose pixels use the key is stored this way whatever the sizes. (Quantized first if asked: the
-    key then applies to the quantized pixels, as it does for the filter's output.)"""
-    version = _clean_copy(img)
-    buf = io.BytesIO()
-    version.save(buf, format="PNG", transparency=key, **_png_options(version))
-    png = buf.getvalue()
-    header = png_payload_header(img.width, img.height, img.mode, len(png))
-    header.validate()
-    return pack_file(header, png)
+def _with_colour_key(file: bytes, key: int | tuple[int, int, int]) -> bytes:
+    """A native candidate with an L or RGB image's colour key in its header (spec 7); a PNG candidate as it is
+    (its key is in its tRNS chunk). The key applies to the pixels stored: the quantized ones when quantizing,
+    as for the filter's output."""
+    header = unpack_header(file)
+    if header.payload != "native":
+        return file
+    keyed = replace(header, colour_key=(key,) if isinstance(key, int) else tuple(key))
+    return keyed.to_bytes() + file[header.header_length :]
 
 
 def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
@@ -676,6 +683,7 @@ def _png_candidate(
     *,
     quick: Future[tuple[int, int]] | None = None,
     cancel: threading.Event | None = None,
+    key: int | tuple[int, int, int] | None = None,
 ) -> bytes | None:
     """The smallest PNG payload file that decodes back to exactly ``img``, or None.
 
@@ -695,10 +703,16 @@ def _png_candidate(
     Built alongside the native payload (``encode_image``), the native size is not known yet: the quick PNG's
     size and level are handed to the caller through ``quick`` instead, and the caller sets ``cancel`` to stop the
     build.
+
+    ``key``, an L or RGB image's colour key in use: only the image's own PNG, with the key as its tRNS (a
+    palette version cannot hold a key, spec 9).
     """
-    if palette is None:  # (given when an rgb fit already knows it)
-        palette = as_palette_image(_pixels(img))
     small = img.width * img.height <= _SMALL_IMAGE
+    extra = {} if key is None else {"transparency": key}
+    if key is not None:
+        palette = None
+    elif palette is None:  # (given when an rgb fit already knows it)
+        palette = as_palette_image(_pixels(img))
     if small or palette is None:
         versions = [_clean_copy(_pixels(img)), palette]
     else:
@@ -709,7 +723,7 @@ def _png_candidate(
         level = 6 if img.width * img.height <= _QUICK_LEVEL_6_MAX_PIXELS else 1
         first = io.BytesIO()
         try:
-            versions[0].save(first, format="PNG", compress_level=level)
+            versions[0].save(first, format="PNG", compress_level=level, **extra)
         except (OSError, ValueError):
             return None
         if quick is not None:
@@ -723,7 +737,7 @@ def _png_candidate(
     for version in versions:
         buf = io.BytesIO() if cancel is None else _StoppableBuffer(cancel)
         try:
-            version.save(buf, format="PNG", **_png_options(version))
+            version.save(buf, format="PNG", **_png_options(version), **extra)
         except _Cancelled:
             return None
         except (OSError, ValueError):
@@ -738,6 +752,6 @@ def _png_candidate(
             back = png_payload_image(header, png)
         except OSError:
             continue
-        if _same_pixels(back, _pixels(img)):
+        if _same_pixels(back, _pixels(img)) and (key is None or back.info.get("transparency") == key):
             return pack_file(header, png)
     return None

@@ -25,7 +25,7 @@ from typing import IO
 from PIL import Image, ImageFile, ImagePalette
 
 from .container import FIXED_HEADER_SIZE, MAGIC, KqFormatError, KqHeader, header_length, unpack_header
-from .decoder import KqImage, bytes_left, decode_file, palette_of, read_at_most
+from .decoder import KqImage, bytes_left, decode_file, palette_of, pillow_key, read_at_most
 from .encoder import SAVE_OPTIONS, encode_image
 
 __all__ = ["KqImageFile", "KqDecoder", "register", "FORMAT", "EXTENSION", "MIME"]
@@ -61,6 +61,8 @@ class KqImageFile(ImageFile.ImageFile):
         self._kq_key: object | None = None  # an L or RGB image's colour key, from a PNG payload
         self._size = header.size
         self._mode = header.image_mode
+        if header.colour_key is not None:  # (a PNG payload's key is known once its tRNS is read, in load_end)
+            self.info["transparency"] = pillow_key(header)
         if header.payload == "native" and header.image_mode == "P":
             palette, transparency = palette_of(header)
             self.palette = palette

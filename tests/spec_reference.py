@@ -79,6 +79,7 @@ def parse_header(data, max_pixels=MAX_PIXELS_DEFAULT):
         H,
         lcodec,
         acodec,
+        keyflag,
         reserved,
         llen,
         alen,
@@ -86,7 +87,7 @@ def parse_header(data, max_pixels=MAX_PIXELS_DEFAULT):
         m1,
         m2,
         m3,
-    ) = struct.unpack_from("<8BIIBBHII4H", data, 8)
+    ) = struct.unpack_from("<8BIIBBBBII4H", data, 8)
     ms = [m0, m1, m2, m3]
     if version != 1:
         fail("version")
@@ -115,6 +116,11 @@ def parse_header(data, max_pixels=MAX_PIXELS_DEFAULT):
         fail(f"unknown alpha codec id {acodec}")
     if reserved != 0:
         fail("reserved")
+    if keyflag > 1:
+        fail("colour key flag")
+    if keyflag and (kind == 1 or mode not in ("L", "RGB")):
+        fail("colour key on a PNG payload or outside modes L and RGB")
+    K = C if keyflag else 0
     if kind == 1:
         if qmode or alpha or C or packing or tcoding or lcodec or acodec or alen or any(ms):
             fail("png payload header fields must be 0")
@@ -154,13 +160,14 @@ def parse_header(data, max_pixels=MAX_PIXELS_DEFAULT):
         if acodec in (3, 4):
             fail("codec 3/4 as alpha codec")
         nplanes = 1 if qmode == 0 else C
-    # table bytes + header CRC
-    if len(data) < 44 + T + 4:
+    # table bytes + colour key + header CRC
+    if len(data) < 44 + T + K + 4:
         fail("truncated header (tables)")
-    (hcrc,) = struct.unpack_from("<I", data, 44 + T)
-    if crc32(data[: 44 + T]) != hcrc:
+    (hcrc,) = struct.unpack_from("<I", data, 44 + T + K)
+    if crc32(data[: 44 + T + K]) != hcrc:
         fail("header CRC mismatch")
     tb = data[44 : 44 + T]
+    key = tuple(data[44 + T : 44 + T + K]) if keyflag else None
     if kind == 0:
         if qmode == 0:
             tables = [np.frombuffer(tb, np.uint8).reshape(ms[0], C).copy()]
@@ -202,6 +209,8 @@ def parse_header(data, max_pixels=MAX_PIXELS_DEFAULT):
         alen=alen,
         ms=ms,
         T=T,
+        K=K,
+        key=key,
         tables=tables,
         nplanes=nplanes,
     )
@@ -1154,7 +1163,7 @@ def decode(data, max_pixels=MAX_PIXELS_DEFAULT, log=None):
     data = bytes(data)
     h = parse_header(data, max_pixels)
     W, H = h["W"], h["H"]
-    pos = 44 + h["T"] + 4
+    pos = 44 + h["T"] + h["K"] + 4
     need = h["llen"] + h["alen"] + 4
     if len(data) - pos < need:
         fail("truncated payload")
@@ -1222,6 +1231,8 @@ def decode(data, max_pixels=MAX_PIXELS_DEFAULT, log=None):
     if alpha_plane is not None:
         samples = np.concatenate([samples, alpha_plane[..., None]], -1)
     samples = samples.astype(np.uint8)
+    if h["key"] is not None:  # the image's transparent colour (section 7)
+        extra["transparency"] = h["key"][0] if mode == "L" else h["key"]
     if mode == "1":
         return samples[..., 0] != 0, "1", extra
     if mode == "L":

@@ -48,13 +48,13 @@ def recrc(data: bytes) -> bytes:
     """Recompute both CRCs after editing a file, so that the edited field (not a CRC) is what gets checked."""
     data = bytearray(data)
     fixed = bytes(data[: c.FIXED_HEADER_SIZE])
-    h = struct.unpack_from("<8sBBBBBBBBIIBBHII4H", fixed)
-    sizes, quant, channels, payload = h[16:20], h[4], h[6], h[2]
+    h = struct.unpack_from("<8sBBBBBBBBIIBBBBII4H", fixed)
+    sizes, quant, channels, payload = h[17:21], h[4], h[6], h[2]
     used = 1 if quant in (0, 1) else channels
     table = 0 if payload == 1 else (sizes[0] * channels if quant == 0 else sum(sizes[:used]))
     if h[8] == 1 and payload == 0 and quant != 0:  # level sets: 32 bytes per table
         table = 32 * used
-    end = c.FIXED_HEADER_SIZE + table
+    end = c.FIXED_HEADER_SIZE + table + (channels if h[13] == 1 else 0)  # (a colour key follows the tables)
     data += bytes(max(0, end + 8 - len(data)))  # room for both CRCs when the edit grew the tables
     struct.pack_into("<I", data, end, zlib.crc32(data[:end]))
     struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[end + 4 : len(data) - 4]))
@@ -180,7 +180,8 @@ FIELD_CASES = [
     (25, "B", 4, "codec 4 (predictive) codes label planes only"),
     (24, "B", 200, "unsupported label stream codec id 200 (unknown)"),
     (25, "B", 1, "alpha stream length and codec must be 0"),
-    (26, "H", 1, "reserved header fields must be zero"),
+    (26, "B", 2, "invalid colour key flag 2"),
+    (27, "B", 1, "reserved header byte 27 must be zero"),
     (28, "I", 3, "stored label stream must be 2 bytes"),
     (32, "I", 1, "alpha stream length and codec must be 0"),
     (36, "H", 0, "invalid table sizes"),
@@ -199,6 +200,43 @@ def test_each_invalid_header_field_is_rejected_with_a_clear_error(offset, fmt, v
         kq.read_kq(data)
     with pytest.raises(kq.KqFormatError, match=re.escape(message)):
         kq.kq_info(data)
+
+
+def test_a_colour_key_follows_the_tables_and_is_checked():
+    """Header byte 26 = 1: the image's transparent colour, C bytes after the tables, under the header CRC
+    (spec 3, 7). Only native L and RGB payloads may carry one; another flag value is refused."""
+    example = c.unpack_header(spec_example())
+    payload = spec_example()[example.header_length :]
+    keyed = replace(example, colour_key=(40, 160, 60))
+    data = keyed.to_bytes() + payload
+    assert data[26] == 1 and data[44 + 9 : 44 + 12] == bytes([40, 160, 60]) and len(data) == len(spec_example()) + 3
+    assert c.unpack_header(data) == keyed and c.header_length(data[:44]) == keyed.header_length
+    img = kq.read_kq(data).to_image()
+    assert img.info["transparency"] == (40, 160, 60) and kq.kq_info(data).colour_key == (40, 160, 60)
+    assert np.array_equal(np.asarray(img), np.asarray(example_image()))
+    opened = Image.open(io.BytesIO(data))
+    assert opened.info["transparency"] == (40, 160, 60)  # at open, before the pixels are read
+    bad = bytearray(data)
+    bad[45] ^= 1  # a key byte: covered by the header CRC
+    with pytest.raises(kq.KqFormatError, match="header CRC mismatch"):
+        kq.read_kq(bytes(bad))
+    with pytest.raises(kq.KqFormatError, match="truncated .kq header: 58 of 60 bytes"):
+        kq.read_kq(data[:58])
+    for mode in ("RGBA", "P", "CMYK", "LA", "1"):
+        bad = bytearray(data)
+        bad[10] = {v: k for k, v in c.IMAGE_MODES.items()}[mode]
+        with pytest.raises(kq.KqFormatError, match=f"a colour key is for images of mode L or RGB, not {mode}"):
+            kq.read_kq(recrc(bytes(bad)))
+    png_file = bytearray(c.png_payload_header(4, 2, "RGB", 8).to_bytes())
+    png_file[26] = 1
+    with pytest.raises(kq.KqFormatError, match="a PNG payload holds a colour key in its tRNS chunk"):
+        kq.kq_info(recrc(bytes(png_file) + bytes(12)))
+    with pytest.raises(kq.KqFormatError, match="a PNG payload holds a colour key"):
+        replace(c.png_payload_header(4, 2, "RGB", 8), colour_key=(1, 2, 3)).to_bytes()
+    with pytest.raises(kq.KqFormatError, match=r"colour key \(1, 2\) is not 3 sample"):
+        replace(example, colour_key=(1, 2)).to_bytes()
+    grey = c.KqHeader(4, 2, "L", channels=1, table_sizes=(2,), tables=b"\x00\xff", label_length=8, colour_key=(7,))
+    assert c.unpack_header(grey.to_bytes()).colour_key == (7,)
 
 
 def test_pixel_count_limit():

@@ -114,7 +114,7 @@ def _with_size(data: bytes, width: int, height: int) -> bytes:
     out = bytearray(data)
     struct.pack_into("<II", out, 16, width, height)
     header = c.unpack_header.__globals__["_fields_from_fixed"](bytes(out[: c.FIXED_HEADER_SIZE]))
-    end = c.FIXED_HEADER_SIZE + header[1]
+    end = c.FIXED_HEADER_SIZE + header[1] + header[2]
     struct.pack_into("<I", out, end, zlib.crc32(out[:end]))
     return bytes(out)
 

@@ -557,19 +557,33 @@ def test_png_payload_colour_key_is_kept_on_every_path():
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
-@pytest.mark.parametrize("options", [{}, {"k": 8}])
+@pytest.mark.parametrize("options", [{}, {"k": 8}, {"k": 8, "mode": "channel"}, {"k": 8, "fallback": False}])
 def test_a_colour_key_survives_the_round_trip(china_small, mode, options):
     """An L or RGB image's transparent colour (a PNG colour-key tRNS) was dropped on save: the image came back
-    opaque. When pixels have the key it is now kept (through a PNG payload), quantized or not, and the image
-    shows the same RGBA. A key no pixel has changes nothing shown: the file stays native, the key left out."""
+    opaque. When pixels have the key it is now kept, quantized or not, and the image shows the same RGBA. It
+    is a header field of the native payload (spec 7): the same file as without the key but for its C bytes.
+    (Stop 17 kept it through a truecolour PNG payload: china k=16 grew from 44,328 to 143,422 bytes.) A key
+    no pixel has changes nothing shown and is left out."""
     img = china_small.convert(mode)
-    quantized = img.filter(kq.KMeansQuantize(8)) if options else img
+    quantized = img.filter(kq.KMeansQuantize(8, options.get("mode", "rgb"))) if "k" in options else img
     key = quantized.getpixel((0, 0))  # a colour the stored pixels have
     img.info["transparency"] = key
-    expected = img.filter(kq.KMeansQuantize(8)) if options else img
+    expected = img.filter(kq.KMeansQuantize(8, options.get("mode", "rgb"))) if "k" in options else img
     buf = io.BytesIO()
     img.save(buf, format="KQ", **options)
+    keyless = img.copy()
+    del keyless.info["transparency"]
+    plain = encode_image(keyless, **options)
+    native, native_plain = (encode_image(i, **{**options, "fallback": False}) for i in (img, keyless))
+    info = kq.kq_info(native)
+    assert info.payload == "native" and info.colour_key == key and len(native) == len(native_plain) + len(mode)
+    assert native[info.header_bytes :] == native_plain[kq.kq_info(native_plain).header_bytes :]  # the same payload
     back = Image.open(io.BytesIO(buf.getvalue()))
+    if kq.kq_info(buf.getvalue()).payload == "native":
+        assert buf.getvalue() == native
+        assert back.info.get("transparency") == key  # before load: what iio.immeta shows
+    else:  # a grey or truecolour PNG with the key as tRNS, smaller (its key shows once it is read)
+        assert len(buf.getvalue()) < len(native) and options.get("fallback", True)
     back.load()
     assert back.mode == mode and back.info.get("transparency") == key
     assert np.array_equal(np.asarray(back), np.asarray(expected))
@@ -579,9 +593,23 @@ def test_a_colour_key_survives_the_round_trip(china_small, mode, options):
     unused = 3 if mode == "L" else (3, 2, 1)
     assert unused not in {quantized.getpixel((x, y)) for x in range(img.width) for y in range(img.height)}
     img.info["transparency"] = unused
-    keyless = img.copy()
-    del keyless.info["transparency"]
-    assert encode_image(img, **options) == encode_image(keyless, **options)  # as if there were no key
+    assert encode_image(img, **options) == plain  # as if there were no key
+
+
+def test_a_colour_key_png_candidate_is_truecolour_with_its_trns(china_small):
+    """When a PNG payload is smaller than the native one, a keyed image's PNG is its own truecolour (or grey)
+    PNG with the key as tRNS: an indexed PNG cannot carry an L or RGB image's key (spec 9)."""
+    from kquant_codec.encoder import _png_candidate
+
+    for img in (china_small.filter(kq.KMeansQuantize(8)), china_small.convert("L").filter(kq.KMeansQuantize(8))):
+        key = img.getpixel((3, 3))
+        file = _png_candidate(img, None, key=key)
+        info = kq.kq_info(file)
+        png = kq.read_kq(file).png
+        assert info.payload == "png" and png[25] == (2 if img.mode == "RGB" else 0)  # IHDR colour type
+        back = kq.read_kq(file).to_image()
+        assert back.info["transparency"] == key and np.array_equal(np.asarray(back), np.asarray(img))
+        assert _png_candidate(img, None) != file  # without a key: the indexed version, smaller
 
 
 def test_trailing_bytes_are_counted_the_same_on_every_path(china_small):
@@ -636,9 +664,9 @@ def test_imageio_keeps_the_old_file_when_a_write_fails_and_names_a_bad_header(tm
     link.unlink()
     assert np.array_equal(iio.imread(iio.imwrite("<bytes>", arr, extension=".kq"), extension=".kq"), arr)
     bad = bytearray(before)
-    bad[26] = 1  # a reserved header field
+    bad[27] = 1  # a reserved header field
     (tmp_path / "bad.kq").write_bytes(bytes(bad))
-    with pytest.raises(kq.KqFormatError, match="reserved header fields must be zero"):
+    with pytest.raises(kq.KqFormatError, match="reserved header byte 27 must be zero"):
         iio.imread(tmp_path / "bad.kq")
     with pytest.raises(OSError, match="Could not find a backend"):  # not .kq at all: imageio's own message
         (tmp_path / "text.kq").write_text("hello")

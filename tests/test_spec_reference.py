@@ -121,7 +121,11 @@ def _cases():
     keyed_l.info["transparency"] = int(np.asarray(keyed_l)[0, 0])
     keyed_rgb.info["transparency"] = photo.filter(kq.KMeansQuantize(8)).getpixel((0, 0))  # in use after k=8
     yield "l-colour-key", keyed_l, {}
+    yield "l-colour-key-native", keyed_l, {"fallback": False}
     yield "rgb-colour-key", keyed_rgb, {"k": 8}
+    keyed_channel = photo.copy()
+    keyed_channel.info["transparency"] = photo.filter(kq.KMeansQuantize(8, "channel")).getpixel((1, 0))
+    yield "rgb-colour-key-channel", keyed_channel, {"k": 8, "mode": "channel"}
     yield "1", photo.convert("1"), {}
     yield "cmyk", photo.convert("CMYK"), {"k": 6, "mode": "channel"}
     yield "i16", Image.fromarray((np.arange(28 * 36, dtype=np.uint16) * 61).reshape(28, 36)), {}
@@ -138,12 +142,17 @@ def test_the_reference_decodes_what_we_write(name, img, options):
 
 
 def test_the_cases_cover_every_codec_and_payload():
-    codecs, payloads = set(), set()
+    codecs, payloads, keyed = set(), set(), set()
     for _, img, options in CASES:
-        info = kq.kq_info(kq.encode_image(img, **options))
+        data = kq.encode_image(img, **options)
+        info = kq.kq_info(data)
         codecs.add(info.codec)
         payloads.add(info.payload)
+        if "transparency" in kq.read_kq(data).to_image().info and img.mode in ("L", "RGB"):
+            keyed.add((img.mode, info.payload, info.quant_mode))
     assert {"context", "predictive", "png"} <= codecs and payloads == {"native", "png"}
+    assert {("L", "png", None), ("RGB", "native", "rgb"), ("RGB", "native", "channel")} <= keyed
+    assert any(mode == "L" and payload == "native" for mode, payload, _ in keyed)
 
 
 def _plane(h: int, w: int, m: int, rng: np.random.Generator) -> np.ndarray:
