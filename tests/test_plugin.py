@@ -671,3 +671,50 @@ def test_imageio_keeps_the_old_file_when_a_write_fails_and_names_a_bad_header(tm
     with pytest.raises(OSError, match="Could not find a backend"):  # not .kq at all: imageio's own message
         (tmp_path / "text.kq").write_text("hello")
         iio.imread(tmp_path / "text.kq")
+
+
+def _adam7_rows(pixels: np.ndarray) -> bytes:
+    """The filtered rows (filter 0) of an 8-bit image's seven Adam7 passes, by the PNG specification's table."""
+    out = b""
+    for x0, y0, dx, dy in (
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    ):
+        sub = pixels[y0::dy, x0::dx]
+        if sub.size:
+            out += b"".join(b"\x00" + row.tobytes() for row in sub)
+    return out
+
+
+def test_png_payloads_decode_as_pillow_decodes_their_png():
+    """A PNG payload's image data is inflated once, by the spec-9 check, and handed to Pillow as stored deflate
+    blocks (it was inflated twice): interlaced, split into several IDATs, or with chunks a reader skips, the
+    pixels are those Pillow reads from the PNG itself and those the PNG was made of."""
+    import struct
+    import zlib
+
+    from fuzz.hostile import PNG_SIGNATURE, png_chunk, png_payload, png_stream
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (11, 13, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (9, 10), dtype=np.uint8)
+    interlaced = []
+    for pixels, colour_type, mode in ((rgb, 2, "RGB"), (grey, 0, "L")):
+        h, w = pixels.shape[:2]
+        ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 1))
+        idat = png_chunk(b"IDAT", zlib.compress(_adam7_rows(pixels)))
+        interlaced.append((mode, pixels, PNG_SIGNATURE + ihdr + idat + png_chunk(b"IEND", b"")))
+    rows = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in rgb))
+    split = png_stream(13, 11, rows[:7], colour_type=2, extra=png_chunk(b"tEXt", b"note\x00hi"))[:-12]  # no IEND
+    split += png_chunk(b"IDAT", rows[7:]) + png_chunk(b"IEND", b"")
+    for mode, pixels, png in interlaced + [("RGB", rgb, split)]:
+        data = png_payload(mode, pixels.shape[1], pixels.shape[0], png)
+        ours = Image.open(io.BytesIO(data))
+        ours.load()
+        assert np.array_equal(np.asarray(ours), pixels)
+        assert np.array_equal(np.asarray(kq.read_kq(data).to_image()), np.asarray(Image.open(io.BytesIO(png))))
