@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .pixels import SplitImage, join_image, rgb_strips, split_image
-from .quantizer import KMeansQuantizer, check_k, check_mode, check_palette
+from .pixels import SplitImage, few_colours, join_image, rgb_strips, split_image
+from .quantizer import KMeansQuantizer, check_k, check_mode, check_palette, value_histogram
 
 __all__ = ["QuantizedImage", "fit_image", "quantize_image", "ALPHA_OPTIONS", "PALETTE_IMAGE_MODES"]
 
@@ -154,8 +154,35 @@ def fit_image(
         if labels is not None:
             return QuantizedImage(quantizer, labels, None, img.mode)
     parts = split_image(img, alpha=alpha)
-    quantizer.fit(parts.colour)
+    quantizer.fit(_to_learn(parts, k, mode))
     return QuantizedImage(quantizer, quantizer.predict(parts.colour), parts.alpha, parts.mode)
+
+
+def _to_learn(parts: SplitImage, k: int, mode: str) -> np.ndarray:
+    """The colour samples to learn from. With alpha kept exact, only the pixels that show (alpha above 0), as
+    one (1, N, C) row: the colour under a fully transparent pixel is invisible, and would otherwise take
+    centroids from the visible ones (china cut to a 5% visible disc, k=8: MSE over the visible pixels 315 when
+    all were counted, 204 without the hidden ones). Every pixel when none or all show, and when k holds every
+    colour (or level) of the image: that stays lossless, hidden colours included."""
+    if parts.alpha is None:
+        return parts.colour
+    shown = parts.alpha != 0
+    if shown.all() or not shown.any() or _fits_exactly(parts.colour, k, mode):
+        return parts.colour
+    return parts.colour[shown][None]
+
+
+def _fits_exactly(colour: np.ndarray, k: int, mode: str) -> bool:
+    """Whether k centroids can hold every colour ("rgb") or level ("global": over all channels; "channel":
+    each channel's) of the (H, W, C) samples."""
+    if mode == "global":
+        return int(np.count_nonzero(value_histogram(colour))) <= k
+    if mode == "channel":
+        return all(np.count_nonzero(value_histogram(colour, c)) <= k for c in range(colour.shape[2]))
+    flat = colour.reshape(-1, colour.shape[2])
+    if np.unique(flat[:: max(1, flat.shape[0] // 65536)], axis=0).shape[0] > k:  # (most photos stop here)
+        return False
+    return few_colours(colour, k) is not None
 
 
 def quantize_image(
@@ -179,5 +206,5 @@ def quantize_image(
     check_alpha(alpha)
     img.load()
     parts = split_image(img, alpha=alpha)  # 1-D modes: no labels needed, transform maps values directly
-    quantizer = KMeansQuantizer(k=k, mode=mode, seed=seed).fit(parts.colour)
+    quantizer = KMeansQuantizer(k=k, mode=mode, seed=seed).fit(_to_learn(parts, k, mode))
     return join_image(quantizer.transform(parts.colour), parts.alpha, parts.mode)
