@@ -174,10 +174,13 @@ def check_pixel_limit(width: int, height: int) -> None:
     pixels = width * height
     if limit is None or pixels <= limit:
         return
-    message = f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be decompression bomb DOS attack."
+
+    def message(bound: int) -> str:  # Pillow's words, naming the bound that was passed
+        return f"Image size ({pixels} pixels) exceeds limit of {bound} pixels, could be decompression bomb DOS attack."
+
     if pixels > 2 * limit:
-        raise Image.DecompressionBombError(message)
-    warnings.warn(message, Image.DecompressionBombWarning, stacklevel=3)
+        raise Image.DecompressionBombError(message(2 * limit))
+    warnings.warn(message(limit), Image.DecompressionBombWarning, stacklevel=3)
 
 
 # -- pixels ---------------------------------------------------------------------------------------
@@ -509,7 +512,8 @@ def bytes_left(fp: IO[bytes]) -> int | None:
     """Bytes from the position of ``fp`` to its end, or None when it cannot seek."""
     try:
         here = fp.tell()
-        left = fp.seek(0, io.SEEK_END) - here
+        fp.seek(0, io.SEEK_END)
+        left = fp.tell() - here  # (not what seek returns: mmap before Python 3.13, and many wrappers, give None)
         fp.seek(here)
     except (AttributeError, OSError, ValueError):
         return None

@@ -24,7 +24,7 @@ from typing import IO
 
 from PIL import Image, ImageFile, ImagePalette
 
-from .container import FIXED_HEADER_SIZE, MAGIC, KqFormatError, KqHeader, header_length, unpack_header
+from .container import FIXED_HEADER_SIZE, MAGIC, KqFormatError, KqHeader, header_length, split_payload, unpack_header
 from .decoder import KqImage, bytes_left, decode_file, palette_of, pillow_key, read_at_most
 from .encoder import SAVE_OPTIONS, encode_image
 
@@ -68,8 +68,35 @@ class KqImageFile(ImageFile.ImageFile):
             self.palette = palette
             if transparency is not None:
                 self.info["transparency"] = transparency
+        elif header.image_mode == "P":  # a PNG payload's palette comes with its pixels (load_end); until then an
+            self.palette = ImagePalette.ImagePalette("RGB")  # empty one, as code reads im.palette.mode unloaded
         tile = (_DECODER, (0, 0) + header.size, header.header_length, (header, self))
         self.tile = [ImageFile._Tile(*tile) if hasattr(ImageFile, "_Tile") else tile]
+
+    n_frames = 1  # one image per file (Pillow's multi-frame attributes, for code that reads them unasked)
+    is_animated = False
+
+    def load_read(self, read_bytes: int) -> bytes:
+        """Reads for ``ImageFile.load``. Defined so that ``ImageFile.Parser`` (incremental decoding) gathers
+        the whole file and decodes it on ``close()``, as for other formats with their own reading: the payload
+        is checked as a whole (its CRC) before any pixel is made, so it is not decoded piece by piece."""
+        assert self.fp is not None
+        return self.fp.read(read_bytes)
+
+    def verify(self) -> None:
+        """Check the payload without decoding it: its length (truncated, or bytes after it) and its CRC.
+        Raises ``KqFormatError``. As with Pillow's formats, open the file again to use the image afterwards."""
+        if self.fp is None:
+            raise RuntimeError("verify must be called directly after open")
+        header = self.kq_header
+        self.fp.seek(header.header_length)
+        left = bytes_left(self.fp)
+        if left is not None and left > header.payload_length:
+            raise KqFormatError(f"{left - header.payload_length} unexpected bytes after the payload CRC")
+        split_payload(header, read_at_most(self.fp, header.payload_length + 1))
+        if self._exclusive_fp:
+            self.fp.close()
+        self.fp = None
 
     @property
     def kq(self) -> KqImage | None:

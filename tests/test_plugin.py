@@ -718,3 +718,103 @@ def test_png_payloads_decode_as_pillow_decodes_their_png():
         ours.load()
         assert np.array_equal(np.asarray(ours), pixels)
         assert np.array_equal(np.asarray(kq.read_kq(data).to_image()), np.asarray(Image.open(io.BytesIO(png))))
+
+
+def test_pillow_incremental_parser_decodes_kq(china_small):
+    """ImageFile.Parser (streaming decoders feed it chunks) failed with a bare AssertionError: the decoder pulls
+    its bytes from a file, and the parser pushes them. The parser now gathers the file and decodes it whole."""
+    from PIL import ImageFile
+
+    buf = io.BytesIO()
+    china_small.save(buf, format="KQ", k=8)
+    data = buf.getvalue()
+    expected = np.asarray(Image.open(io.BytesIO(data)))
+    for step in (64, 1000, len(data)):
+        parser = ImageFile.Parser()
+        for i in range(0, len(data), step):
+            parser.feed(data[i : i + step])
+        assert np.array_equal(np.asarray(parser.close()), expected)
+    parser = ImageFile.Parser()
+    parser.feed(data[:-10])
+    with pytest.raises(kq.KqFormatError, match="truncated"):
+        parser.close()
+
+
+def test_verify_checks_the_payload_without_decoding(china_small):
+    """verify() (the usual upload check) accepted corrupt and truncated files: it now checks the payload's
+    length and CRC, and, as in Pillow, leaves the image to be opened again."""
+    buf = io.BytesIO()
+    china_small.save(buf, format="KQ", k=8)
+    data = buf.getvalue()
+    img = Image.open(io.BytesIO(data))
+    img.verify()
+    with pytest.raises(RuntimeError, match="verify must be called directly after open"):
+        img.verify()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    for bad, reason in (
+        (bytes(flipped), "payload CRC mismatch"),
+        (data[: len(data) // 2], "truncated .kq file"),
+        (data + b"xyz", "^3 unexpected bytes after the payload CRC"),
+    ):
+        with pytest.raises(kq.KqFormatError, match=reason):
+            Image.open(io.BytesIO(bad)).verify()
+
+
+def test_files_whose_seek_returns_none_are_read(tmp_path, china_small):
+    """mmap before Python 3.13, and hand-written wrappers, return None from seek(): reading the bytes left
+    subtracted from it (TypeError). The position is now taken from tell()."""
+    import mmap
+
+    class Wrapper:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            return self.f.read(n)
+
+        def seek(self, pos, whence=0):
+            self.f.seek(pos, whence)
+
+        def tell(self):
+            return self.f.tell()
+
+    path = tmp_path / "x.kq"
+    china_small.save(path, k=8)
+    expected = np.asarray(Image.open(path))
+    with open(path, "rb") as f:
+        for source in (Wrapper(f), mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)):
+            source.seek(0)
+            assert np.array_equal(np.asarray(kq.read_kq(source).to_image()), expected)
+            source.seek(0)
+            assert np.array_equal(np.asarray(Image.open(source)), expected)
+
+
+def test_a_p_image_in_a_png_payload_reads_through_imageio():
+    """A P image's palette in a PNG payload comes with its pixels: before load() the image had no palette at
+    all, and imageio (which reads im.palette.mode first) failed with AttributeError. It gets an empty one."""
+    from kquant_codec.container import pack_file, png_payload_header
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 8, (20, 30), dtype=np.uint8), "P")
+    img.putpalette(bytes(range(24)))
+    for options in ({}, {"transparency": 5}):
+        png = io.BytesIO()
+        img.save(png, "PNG", **options)
+        data = pack_file(png_payload_header(30, 20, "P", png.tell()), png.getvalue())
+        opened = Image.open(io.BytesIO(data))
+        assert opened.palette is not None and opened.n_frames == 1 and not opened.is_animated
+        assert np.array_equal(iio.imread(data, extension=".kq"), iio.imread(png.getvalue(), extension=".png"))
+        opened.load()
+        assert opened.getpalette()[:24] == list(range(24)) and opened.info.get("transparency") == options.get(
+            "transparency"
+        )
+
+
+def test_read_kq_names_the_limit_it_enforces(monkeypatch):
+    """read_kq raised above twice MAX_IMAGE_PIXELS but quoted the single limit in its message."""
+    data = kq.encode_image(Image.new("L", (30, 20)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250)
+    with pytest.raises(Image.DecompressionBombError, match="exceeds limit of 500 pixels"):
+        kq.read_kq(data)
+    with pytest.raises(Image.DecompressionBombError, match="exceeds limit of 500 pixels"):
+        Image.open(io.BytesIO(data))
