@@ -20,6 +20,7 @@ After opening, ``img.kq_header`` is the parsed header; ``img.kq`` (which loads t
 
 from __future__ import annotations
 
+import warnings
 from typing import IO
 
 from PIL import Image, ImageFile, ImagePalette
@@ -157,8 +158,22 @@ class KqDecoder(ImageFile.PyDecoder):
         return -1, 0
 
 
+_PILLOW_KEYWORDS = ("save_all", "append_images")  # what Pillow itself puts in encoderinfo
+_LIKELY_MEANT = {"colors": "k", "colours": "k", "quality": "k", "n_colors": "k", "palette_size": "k"}
+
+
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     options = {key: im.encoderinfo[key] for key in SAVE_OPTIONS if key in im.encoderinfo}
+    unknown = sorted(set(im.encoderinfo) - set(SAVE_OPTIONS) - set(_PILLOW_KEYWORDS))
+    if unknown:  # Pillow ignores what a format does not know; "colors=16" would store every colour unasked
+        hints = [f"{key}= is k= here" for key in unknown if key in _LIKELY_MEANT]
+        warnings.warn(
+            f"the KQ writer ignores {', '.join(unknown)}"
+            + (f" ({'; '.join(hints)})" if hints else "")
+            + f"; its options are {', '.join(SAVE_OPTIONS)}",
+            UserWarning,
+            stacklevel=3,
+        )
     fp.write(encode_image(im, **options))
 
 

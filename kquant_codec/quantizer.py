@@ -217,7 +217,16 @@ class KMeansQuantizer:
             if weights.size != arr.shape[0] * arr.shape[1] or (weights < 0).any():
                 raise ValueError("sample_weight must be non-negative, one per pixel")
         self._fitted_labels = None
-        if mode == "rgb":
+        if mode == "rgb" and channels == 1:
+            # One channel: a colour vector is a level, and the 1-D optimum ("global" mode's exact solver) is
+            # the best any k-means can reach (china as L, k=32: MSE 4.69 against 4.88 from the colour learner).
+            hist = self._histogram(arr, slice(None), weights, False)
+            table = optimal_levels(hist, k)
+            self.centroids_ = table[:, None]
+            self.inertia_ = self._level_inertia(hist, table)
+            if table.size:
+                self._fitted_labels = (_fingerprint(arr), nearest_level_lut(table)[arr[:, :, 0]])
+        elif mode == "rgb":
             if channels > MAX_CHANNELS:
                 raise ValueError(f'"rgb" mode takes at most {MAX_CHANNELS} channels, got {channels}')
             fitted = fit_palette(
@@ -238,21 +247,31 @@ class KMeansQuantizer:
             groups = range(channels) if per_channel else [slice(None)]
             tables, inertia = [], 0
             for g in groups:
-                if weights is None:
-                    hist = value_histogram(arr, g)
-                else:
-                    w = weights if per_channel else np.repeat(weights, channels)
-                    hist = np.bincount(arr[:, :, g].reshape(-1), weights=w, minlength=256).astype(np.int64)
+                hist = self._histogram(arr, g, weights, not per_channel)
                 table = optimal_levels(hist, k)
-                if table.size:
-                    err = (np.arange(256) - table[nearest_level_lut(table)].astype(np.int64)) ** 2
-                    inertia += int((hist * err).sum())
+                inertia += self._level_inertia(hist, table)
                 tables.append(table)
             self.centroids_ = tuple(tables) if per_channel else tables[0]
             self.inertia_ = inertia
         self.mode_ = mode
         self.n_channels_ = channels
         return self
+
+    @staticmethod
+    def _histogram(arr: np.ndarray, group: int | slice, weights: np.ndarray | None, all_channels: bool) -> np.ndarray:
+        """Counts of the values 0..255 of channel ``group`` (or of every channel), each pixel ``weights`` times."""
+        if weights is None:
+            return value_histogram(arr, group)
+        w = np.repeat(weights, arr.shape[2]) if all_channels else weights
+        return np.bincount(arr[:, :, group].reshape(-1), weights=w, minlength=256).astype(np.int64)
+
+    @staticmethod
+    def _level_inertia(hist: np.ndarray, table: np.ndarray) -> int:
+        """Sum of squared distances of the histogram's values to their nearest level."""
+        if not table.size:
+            return 0
+        err = (np.arange(256) - table[nearest_level_lut(table)].astype(np.int64)) ** 2
+        return int((hist * err).sum())
 
     def _fit_strips(self, strips: Callable[[], Iterable[np.ndarray]], height: int, width: int) -> np.ndarray | None:
         """``fit`` in "rgb" mode of a large 3-channel image read in strips (``fit_palette_strips``), returning
@@ -274,7 +293,7 @@ class KMeansQuantizer:
 
     def _check_fitted(self, arr: np.ndarray) -> None:
         if not hasattr(self, "centroids_"):
-            raise RuntimeError("this KMeansQuantizer is not fitted yet: call fit() first")
+            raise _not_fitted()
         if arr.shape[2] != self.n_channels_:
             raise ValueError(f"fitted on {self.n_channels_} channel(s), got {arr.shape[2]}")
 
@@ -302,16 +321,16 @@ class KMeansQuantizer:
     def reconstruct(self, labels: np.ndarray) -> np.ndarray:
         """Rebuild samples from labels through the centroid lookup: (H, W[, C]) uint8 -> (H, W, C) uint8."""
         if not hasattr(self, "centroids_"):
-            raise RuntimeError("this KMeansQuantizer is not fitted yet: call fit() first")
+            raise _not_fitted()
         return lookup(self.mode_, self.centroids_, labels)
 
     def transform(self, samples: Any) -> np.ndarray:
         """Quantize: the samples replaced by their nearest centroids, same shape, uint8."""
         arr = _as_samples(samples)
+        self._check_fitted(arr)
         if self.mode_ != "rgb" and arr.size:
             # 1-D modes: the centroid of each value through one table (centroid of the nearest level), so
             # one gather per channel instead of predict's and reconstruct's two.
-            self._check_fitted(arr)
             tables = self.centroids_ if self.mode_ == "channel" else (self.centroids_,) * arr.shape[2]
             value_maps = [np.asarray(t, dtype=np.uint8)[nearest_level_lut(t)] for t in tables]
             if self.mode_ == "global":
@@ -334,6 +353,13 @@ class KMeansQuantizer:
 
     def __repr__(self) -> str:
         return f"KMeansQuantizer(k={self.k!r}, mode={self.mode!r}, seed={self.seed!r}, max_iter={self.max_iter!r})"
+
+
+def _not_fitted() -> Exception:
+    """scikit-learn's ``NotFittedError`` (a ``ValueError`` and an ``AttributeError``), as its estimators raise."""
+    from sklearn.exceptions import NotFittedError
+
+    return NotFittedError("this KMeansQuantizer is not fitted yet: call fit() first")
 
 
 def lookup(mode: str, centroids: Any, labels: np.ndarray) -> np.ndarray:

@@ -818,3 +818,18 @@ def test_read_kq_names_the_limit_it_enforces(monkeypatch):
         kq.read_kq(data)
     with pytest.raises(Image.DecompressionBombError, match="exceeds limit of 500 pixels"):
         Image.open(io.BytesIO(data))
+
+
+def test_save_warns_about_keywords_it_ignores():
+    """Unknown save keywords were ignored without a word: colors=16 stored every colour (a large file). They are
+    still ignored, as Pillow does for every format, with a warning that names them and the options there are."""
+    import warnings
+
+    img = Image.new("RGB", (8, 8), (1, 2, 3))
+    with pytest.warns(UserWarning, match=r"ignores colors, optimize \(colors= is k= here\); its options are k, mode"):
+        img.save(io.BytesIO(), format="KQ", colors=16, optimize=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img.save(io.BytesIO(), format="KQ", k=4, seed=1, fallback=False)
+        img.save(io.BytesIO(), format="KQ", save_all=True)
+        iio.imwrite("<bytes>", np.zeros((4, 4, 3), np.uint8), extension=".kq", quant_mode="channel")
