@@ -224,6 +224,14 @@ def corpus() -> dict[str, bytes]:
     ramp = np.add.outer(np.arange(24), np.arange(40)).astype(np.uint8) * 5
     files["encoder-L-ramp"] = encode_image(Image.fromarray(ramp))
     files["encoder-RGB-k5"] = encode_image(Image.fromarray(np.dstack([ramp, ramp[::-1], ramp[:, ::-1]])), k=5)
+    # Colour keys in the header (native L and RGB; spec 7), in rgb and channel layouts.
+    for mode, quant in (("L", "rgb"), ("RGB", "rgb"), ("RGB", "channel")):
+        seed += 1
+        img = _image(mode, 9, 5, 4, seed)
+        img.info["transparency"] = img.getpixel((0, 0))
+        data = encode_image(img, mode=quant, fallback=False)
+        assert kquant_codec.kq_info(data).colour_key == img.info["transparency"], (mode, quant)
+        files[f"native-{mode}-{quant}-colour-key"] = data
     for name, data in files.items():
         if name.startswith("png-"):
             img = kquant_codec.read_kq(data).to_image()
