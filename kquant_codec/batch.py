@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 import kquant_codec as kq
-from kquant_codec.interrupts import interrupt_seen, note_interrupt, noting_sigint
+from kquant_codec.interrupts import interrupt_seen, note_interrupt, noting_sigint, signals_deferred
 from kquant_codec.quantizer import check_seed
 from kquant_codec.safe_write import atomic_output
 
@@ -904,6 +904,10 @@ def _run(
     bar = tqdm(total=len(todo), unit="file", file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
     def report(task: _Task, result: FileResult, *, stopping: bool = False) -> None:
+        with signals_deferred():  # a file counted is a file recorded (a Ctrl-C in between: converted again)
+            _report(task, result, stopping=stopping)
+
+    def _report(task: _Task, result: FileResult, *, stopping: bool = False) -> None:
         if result.status == "interrupted" and stopping:
             return  # the run is being interrupted: this file is simply not done
         if result.status == "interrupted":  # a worker alone was interrupted: the file failed

@@ -5,7 +5,8 @@ A SIGINT whose KeyboardInterrupt is raised while a numba kernel is returning com
 take for an ordinary failure. ``noting_sigint`` installs a SIGINT handler that raises KeyboardInterrupt as
 usual and also notes the signal, so that such an error can be recognised (``interrupt_seen``) and reported
 as the interruption it is. A caller with its own handler for another signal (``kquant batch``'s SIGTERM)
-notes it with ``note_interrupt``.
+notes it with ``note_interrupt``. ``signals_deferred`` holds SIGINT and SIGTERM back across a few lines that
+must not be cut in half.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["noting_sigint", "interrupt_seen", "note_interrupt"]
+__all__ = ["noting_sigint", "interrupt_seen", "note_interrupt", "signals_deferred"]
 
 _seen: list[str | None] = [None]
 
@@ -57,3 +58,30 @@ def noting_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """While inside, a SIGINT or SIGTERM handled in Python waits, and is raised again on leaving (its handler then
+    runs as usual). For bookkeeping that must not be cut in half: ``kquant batch`` counted a file as converted and
+    was interrupted before recording it, so the next run converted it again. (Blocking the signals with
+    ``pthread_sigmask`` would not do: the pool's threads would still take them.) Main thread only; a signal that
+    is ignored or at its default action is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            previous[signum] = handler
+            signal.signal(signum, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
