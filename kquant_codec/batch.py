@@ -647,7 +647,9 @@ def _run_dask(tasks: list[_Task], address: str, report: Callable[[_Task, FileRes
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise BatchError('--scheduler needs Dask distributed: pip install "kquant_codec[dask]"', "usage") from None
+        raise BatchError(
+            '--scheduler needs Dask distributed: pip install -e ".[dask]" in the project folder', "usage"
+        ) from None
     try:
         client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:

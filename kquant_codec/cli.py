@@ -205,12 +205,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from kquant_codec.pixels import for_png
 
     ext = Path(args.output).suffix.lower()
     if ext == ".kq":
         raise CliError(f"{args.output}: kquant decode writes plain images (.png, .bmp, ...), not .kq", EXIT_USAGE)
+    if not Image.registered_extensions().get(ext):  # a usage error, found before the input is read
+        raise CliError(f"{args.output}: unknown output format {ext or '(no extension)'!r}", EXIT_USAGE)
     img = _open_input(args.input)
+    if img.format != "KQ":  # as info does: a converter for any image is not what this command promises
+        raise CliError(f"{args.input}: not a .kq file (a {img.format} image)", EXIT_INPUT)
     if ext == ".png":
         img = for_png(img)  # indexed whenever the pixels allow one; CMYK and the like as RGB
         size = _write_image(img, args.output, force=args.force, inputs=(args.input,), fmt="PNG", optimize=True)
@@ -309,7 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from kquant_codec import kernel_backend
 
     how = {"aot": "built at install", "jit": "compiled by numba on first use, cached"}[kernel_backend()]
-    print(f"compiled kernels: {how}")
+    print(f"compiled kernels: {kernel_backend()} ({how})")
     return EXIT_OK
 
 
@@ -542,15 +548,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="size against PNG, error and time for each mode and k")
     bench.add_argument("input", nargs="?", help="image to measure (default: china.jpg from scikit-learn)")
-    bench.add_argument("-k", type=_k_value, nargs="+", default=[2, 4, 8, 16, 32, 64, 128, 256])
-    bench.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
-    bench.add_argument("--seed", type=_seed_value, default=0)
+    bench.add_argument(
+        "-k", type=_k_value, nargs="+", default=[2, 4, 8, 16, 32, 64, 128, 256], help="values of k (default: 2 .. 256)"
+    )
+    bench.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES), help="modes (default: all three)")
+    bench.add_argument("--seed", type=_seed_value, default=0, help="k-means++ seed (default: 0)")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="quantize a bundled sample photo in every mode and print the results")
-    demo.add_argument("--image", default="china.jpg", choices=["china.jpg", "flower.jpg"])
-    demo.add_argument("-k", type=_k_value, nargs="+", default=[2, 8, 32, 256])
+    demo.add_argument(
+        "--image", default="china.jpg", choices=["china.jpg", "flower.jpg"], help="bundled photo (default: china.jpg)"
+    )
+    demo.add_argument("-k", type=_k_value, nargs="+", default=[2, 8, 32, 256], help="values of k (default: 2 8 32 256)")
     demo.set_defaults(func=cmd_demo)
 
     report = sub.add_parser("report", help="HTML report with figures for choosing k and mode")

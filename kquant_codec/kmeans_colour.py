@@ -103,6 +103,7 @@ def _kernels() -> ModuleType | None:
                 from . import _rgb_kernels
 
                 _native.backend()  # raises when neither the install's build nor numba is usable
+                _native.notice_first_compile(_rgb_kernels.coarse_bins, "colour learner", "3-5")
             except Exception as exc:  # ImportError, or numba / llvmlite failing while loading
                 warnings.warn(
                     f"kquant_codec: the compiled kernels are unusable ({exc}); large images are quantized "

@@ -65,7 +65,7 @@ REPORT_FILES = ("index.html", "numbers.csv", *FIGURES.values())
 # 2 MP. method 6 / quality 100 took 10-36 s per image there for under 3% fewer bytes than this (2026-11-27).
 WEBP_OPTIONS = {"lossless": True, "method": 4, "quality": 80}
 THUMB_SIDE = 400  # longest side of the grid's thumbnails, pixels
-PLOTS_HINT = 'kquant report draws its figures with matplotlib: pip install "kquant_codec[plots]"'
+PLOTS_HINT = 'kquant report draws its figures with matplotlib: pip install -e ".[plots]" in the project folder'
 
 _MODE_COLOURS = {"global": "#1b9e77", "channel": "#d95f02", "rgb": "#7570b3"}
 _MODE_NOTES = {

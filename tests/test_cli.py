@@ -114,7 +114,7 @@ def test_demo_runs_every_mode_on_the_bundled_photo():
         (mode, k) for mode in ("rgb", "global", "channel") for k in (2, 16)
     )
     assert all(int(row[4]) > 0 for row in rows)
-    expected = "built at install" if kquant_codec.kernel_backend() == "aot" else "compiled by numba"
+    expected = "aot (built at install)" if kquant_codec.kernel_backend() == "aot" else "jit (compiled by numba"
     assert lines[-1].startswith(f"compiled kernels: {expected}")
 
 
@@ -129,10 +129,12 @@ def test_refuses_to_overwrite_without_force(tmp_path, photo):
 
 
 def test_never_writes_onto_its_input(tmp_path, photo):
-    before = photo.read_bytes()
-    r = run("decode", str(photo), str(photo), "--force")
+    disguised = tmp_path / "kq-inside.png"  # .kq bytes under a .png name: decode reads it, and would write it
+    disguised.write_bytes(kquant_codec.encode_image(Image.open(photo), k=4))
+    before = disguised.read_bytes()
+    r = run("decode", str(disguised), str(disguised), "--force")
     assert r.returncode == 4 and "input" in r.stderr
-    assert photo.read_bytes() == before
+    assert disguised.read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -146,6 +148,7 @@ def test_never_writes_onto_its_input(tmp_path, photo):
         (("report", "deep.png", "-o", "rep", "-k", "2"), 3),
         (("info", "notimage.txt"), 3),
         (("info", "photo.png"), 3),  # an image, but not a .kq file
+        (("decode", "photo.png", "out.bmp"), 3),  # the same: decode is not a converter for any image
         (("encode", "photo.png", "x.kq", "-k", "300"), 2),
         (("encode", "photo.png", "x.kq", "-k", "4", "--seed", "-1"), 2),
         (("encode", "photo.png", "x.kq", "--mode", "lab"), 2),

@@ -184,7 +184,7 @@ def test_bad_parameters_name_themselves(small, tmp_path):
 
 def test_missing_matplotlib_is_one_clear_message(small, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` sees when not installed
-    with pytest.raises(PlotsMissingError, match=re.escape('pip install "kquant_codec[plots]"')):
+    with pytest.raises(PlotsMissingError, match=re.escape('pip install -e ".[plots]"')):
         write_report(small, tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
     small.save(tmp_path / "in.png")
