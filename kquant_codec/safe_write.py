@@ -29,7 +29,7 @@ def check_output_path(output: str | os.PathLike, *, force: bool = False, inputs:
         raise OutputExistsError(f"{out} is a directory")
     _refuse_special(out)
     if out.exists() and not force:
-        raise OutputExistsError(f"{out} exists (use --force to overwrite)")
+        raise OutputExistsError(f"{out} exists (use --force, or force=True in Python, to overwrite)")
     return out
 
 
@@ -78,7 +78,7 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[B
             os.fsync(fh.fileno())
             os.fchmod(fh.fileno(), file_mode)  # mkstemp makes 0600; else the usual 0666 & ~umask
         if not force and target.exists():
-            raise OutputExistsError(f"{target} appeared while writing (use --force to overwrite)")
+            raise OutputExistsError(f"{target} appeared while writing (use --force, or force=True, to overwrite)")
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
