@@ -43,6 +43,16 @@ def big_photo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def big_kq(big_photo) -> Path:
+    """``big_photo`` as a .kq file (k=64), for ``kquant decode``, which reads .kq files only."""
+    from kquant_codec import encode_image
+
+    path = big_photo.with_suffix(".kq")
+    path.write_bytes(encode_image(Image.open(big_photo), k=64))
+    return path
+
+
+@pytest.fixture(scope="module")
 def huge_photo(tmp_path_factory) -> Path:
     """A 3000x2000 photo-like image: encoding it at k=64 takes about 4 CPU-seconds (2-core machine)."""
     path = tmp_path_factory.mktemp("sigint") / "big.png"
@@ -70,7 +80,7 @@ def _interrupt(proc: subprocess.Popen, ready) -> tuple[int, str]:
 
 
 def _left_over(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name != "big.png")
+    return sorted(p.name for p in folder.iterdir() if p.name not in ("big.png", "big.kq"))  # (the inputs)
 
 
 def test_sigint_while_encoding(tmp_path, huge_photo):
@@ -113,10 +123,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-output", "old-output-kept"])
-def test_sigint_while_writing(tmp_path, big_photo, existing):
+def test_sigint_while_writing(tmp_path, big_kq, existing):
     """Interrupted in the middle of writing: the temporary file is removed and the target never touched."""
-    source = tmp_path / "big.png"
-    shutil.copy(big_photo, source)
+    source = tmp_path / "big.kq"
+    shutil.copy(big_kq, source)
     target = tmp_path / "out.bmp"  # 4.5 MB of output, written slowly
     if existing:
         target.write_bytes(b"old contents")
