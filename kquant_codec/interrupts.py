@@ -72,16 +72,26 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            previous[signum] = handler
-            signal.signal(signum, lambda number, frame: held.append(number))
+    previous: list[tuple[int, Any]] = []
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                previous.append((signum, handler))  # (noted first: a signal from here on finds it restored)
+                signal.signal(signum, lambda number, frame: held.append(number))
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(held):
-            signal.raise_signal(signum)
+        _restore(previous)
+    if held:  # the first to come (its handler raises; one interruption is enough)
+        signal.raise_signal(held[0])
+
+
+def _restore(handlers: list[tuple[int, Any]]) -> None:
+    """Put the handlers back, each in the ``finally`` of the one before: a real signal arriving half-way (its
+    handler back in place already) raises only after every handler is back, so none stays a placeholder."""
+    if not handlers:
+        return
+    try:
+        signal.signal(*handlers[0])
+    finally:
+        _restore(handlers[1:])

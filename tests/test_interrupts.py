@@ -89,3 +89,32 @@ def test_serial_batch_stops_on_a_swallowed_sigterm_as_terminated(monkeypatch):
     with batch._sigterm_as_interrupt(), pytest.raises(batch._Terminated):
         batch._run_serial(["a", "b"], lambda task, result: seen.append(task))
     assert seen == []
+
+
+def test_signals_deferred_holds_a_signal_until_the_block_ends_and_restores_the_handlers():
+    """kquant batch's bookkeeping runs under it: a SIGINT inside waits for the end, then raises as usual; the
+    handlers are those of before, also when the block raises or a signal was held."""
+    import os
+    import signal
+
+    from kquant_codec.interrupts import signals_deferred
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("after the signal")
+    assert reached == ["after the signal"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(ValueError):
+        with signals_deferred():
+            raise ValueError
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored: left alone, and stays ignored
+    try:
+        with signals_deferred():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
