@@ -691,10 +691,15 @@ def _adam7_rows(pixels: np.ndarray) -> bytes:
     return out
 
 
-def test_png_payloads_decode_as_pillow_decodes_their_png():
+@pytest.mark.parametrize("rewrap", [True, False])
+def test_png_payloads_decode_as_pillow_decodes_their_png(monkeypatch, rewrap):
     """A PNG payload's image data is inflated once, by the spec-9 check, and handed to Pillow as stored deflate
-    blocks (it was inflated twice): interlaced, split into several IDATs, or with chunks a reader skips, the
-    pixels are those Pillow reads from the PNG itself and those the PNG was made of."""
+    blocks (it was inflated twice), up to ``_REWRAP_MAX_BYTES`` of rows; above, the PNG's own chunks. Either way,
+    interlaced, split into several IDATs, or with chunks a reader skips, the pixels are those Pillow reads from
+    the PNG itself and those the PNG was made of."""
+    from kquant_codec import decoder
+
+    monkeypatch.setattr(decoder, "_REWRAP_MAX_BYTES", decoder._REWRAP_MAX_BYTES if rewrap else 0)
     import struct
     import zlib
 
