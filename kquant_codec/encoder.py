@@ -146,7 +146,7 @@ def encode_image(
             fitted = fit_image(img, quantize.k, "rgb", seed=seed, alpha=quantize.alpha, palette=quantize.palette)
             img = _Deferred(fitted)
         else:
-            img = img.filter(quantize)
+            img = _alpha_in_palette(img).filter(quantize)
         mode = mode or "rgb"
         alpha = alpha or "keep"
     if key is not None and not _key_in_use(_pixels(img), key):
@@ -290,6 +290,19 @@ def _planar_layout(samples: np.ndarray, quant_mode: str) -> tuple[tuple[int, ...
         levels, labels[:, :, c] = _level_labels(samples[:, :, c])
         tables.append(levels)
     return tuple(t.size for t in tables), b"".join(t.tobytes() for t in tables), labels
+
+
+def _alpha_in_palette(img: Image.Image) -> Image.Image:
+    """A "P" image whose transparency is ``info["transparency"]``, as a copy with that alpha in its palette
+    (Pillow's ``apply_transparency``); any other image as it is. Pillow hands a filter only the pixels and the
+    palette, so the filter took entries nobody sees for opaque and let them shape the palette (it leaves out
+    what does not show, quantize.py); with the alpha in the palette it sees them. (Pillow itself moves the
+    alpha there on some calls, ``convert`` among them, so the same image could quantize two ways.)"""
+    if img.mode != "P" or "transparency" not in img.info:
+        return img
+    out = img.copy()
+    out.apply_transparency()
+    return out
 
 
 def _palette_layout(img: Image.Image) -> _Layout:

@@ -84,7 +84,13 @@ def test_saving_filter_output_is_lossless(name, mode, alpha, fallback):
     assert_same_image(got, q)
     if not fallback:
         assert got.kq_header.payload == "native"
-    # quantizing while saving gives exactly the filter's pixels
+    # quantizing while saving gives exactly the filter's pixels (of a P image with its info["transparency"] moved
+    # into its palette first, which a filter cannot see: spec 13)
+    source = IMAGES[name]
+    if source.mode == "P" and "transparency" in source.info:
+        source = source.copy()
+        source.apply_transparency()
+        q = source.filter(kq.KMeansQuantize(5, mode=mode, alpha=alpha))
     assert_same_image(roundtrip(IMAGES[name], k=5, mode=mode, alpha=alpha, fallback=fallback), q)
 
 

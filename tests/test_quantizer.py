@@ -336,3 +336,25 @@ def test_using_an_unfitted_quantizer_raises_scikit_learns_not_fitted_error():
             call(arr)
     with pytest.raises(NotFittedError):
         KMeansQuantizer().reconstruct(np.zeros((2, 2), np.uint8))
+
+
+def test_saving_a_p_image_sees_the_transparency_in_its_info():
+    """A P image's alpha given as info["transparency"] (a PNG's tRNS, a GIF's index) is not in what Pillow hands
+    a filter, so saving with k let entries nobody sees shape the palette (MSE over the visible pixels 347.9
+    here, against 19.3 with the alpha in the palette). The save now moves the alpha into the palette first."""
+    rng = np.random.default_rng(2)
+    greens = np.stack([np.zeros(32), np.linspace(50, 250, 32), np.zeros(32)], 1)
+    palette = np.vstack([greens, rng.integers(0, 256, (200, 3))]).astype(np.uint8)
+    indices = np.where(rng.random((100, 100)) < 0.3, rng.integers(0, 32, (100, 100)), rng.integers(32, 232, (100, 100)))
+    p = Image.frombytes("P", (100, 100), indices.astype(np.uint8).tobytes())
+    p.putpalette(palette.tobytes())
+    p.info["transparency"] = bytes([255] * 32 + [0] * 200)
+    saved = Image.open(io.BytesIO(kq.encode_image(p, k=8)))
+    assert p.info["transparency"] == bytes([255] * 32 + [0] * 200)  # the caller's image is left as it was
+    applied = p.copy()
+    applied.apply_transparency()
+    expected = np.asarray(applied.filter(KMeansQuantize(8)).convert("RGBA"))
+    assert np.array_equal(np.asarray(saved.convert("RGBA")), expected)
+    shown = indices < 32
+    mse = ((expected[..., :3][shown].astype(float) - palette[indices][shown]) ** 2).mean()
+    assert mse < 25
