@@ -245,6 +245,7 @@ def _json(value: object) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     import kquant_codec as kq
     from kquant_codec.measure import png_bytes
+    from kquant_codec.pixels import colour_key
 
     data = _read_input(args.input)  # once: the path may be a pipe
     img = _open_input(args.input, data)  # proves the whole file decodes (CRC included) before we report on it
@@ -254,7 +255,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     facts = dataclasses.asdict(info)
     facts["k"] = info.k  # (a property: the largest table)
     if img.mode in ("L", "RGB"):  # decoded: a PNG payload's key too, which the header alone does not show
-        facts["colour_key"] = img.info.get("transparency")
+        facts["colour_key"] = colour_key(img)
     png = png_bytes(img)
     facts["png_bytes"] = png
     facts["ratio_vs_png"] = png / max(info.file_bytes, 1)

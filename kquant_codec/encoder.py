@@ -301,7 +301,10 @@ def _alpha_in_palette(img: Image.Image) -> Image.Image:
     if img.mode != "P" or "transparency" not in img.info:
         return img
     out = img.copy()
-    out.apply_transparency()
+    try:
+        out.apply_transparency()
+    except IndexError:  # alpha for entries past the palette (Pillow's own limit): left as it is
+        return img
     return out
 
 

@@ -379,6 +379,8 @@ def test_decode_to_png_keeps_a_colour_key(tmp_path, photo):
     src, kq, out = tmp_path / "keyed.png", tmp_path / "keyed.kq", tmp_path / "back.png"
     img.save(src)
     assert run("encode", str(src), str(kq)).returncode == 0
+    info = json.loads(run("info", str(kq), "--json").stdout)
+    assert info["payload"] == "native" and tuple(info["colour_key"]) == img.info["transparency"]
     assert run("decode", str(kq), str(out)).returncode == 0
     back = Image.open(out)
     assert back.mode == "P"

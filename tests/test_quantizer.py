@@ -358,3 +358,8 @@ def test_saving_a_p_image_sees_the_transparency_in_its_info():
     shown = indices < 32
     mse = ((expected[..., :3][shown].astype(float) - palette[indices][shown]) ** 2).mean()
     assert mse < 25
+    short = Image.frombytes("P", (4, 4), bytes([0, 1, 2, 3] * 4))
+    short.putpalette(bytes(range(12)))
+    for past in (bytes([0, 255, 255, 255, 0, 0, 0, 0]), 200):  # alpha past the 4 entries: Pillow's IndexError
+        short.info["transparency"] = past
+        assert Image.open(io.BytesIO(kq.encode_image(short, k=2))).size == (4, 4)
