@@ -378,8 +378,8 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 # was faster or even (palette 12.6 MP: 58 against 73 ms; truecolour 0.27 MP: 7.1 against 9.3 ms;
 # /tmp/s18/pngsize.py).
 _REWRAP_MAX_BYTES = 16 << 20
-_PNG_HEAD = (b"IHDR", b"PLTE", b"tRNS")
-_PNG_KEPT = _PNG_HEAD + (b"IDAT", b"IEND")  # the chunks before the image data that a reader uses (spec 9)
+_PNG_HEAD = (b"IHDR", b"PLTE", b"tRNS")  # the chunks before the image data that a reader uses (spec 9)
+_PNG_KEPT = _PNG_HEAD + (b"IDAT", b"IEND")
 
 
 def _essential_chunks(png: bytes, chunks: list[tuple[bytes, int, int]], rows: bytes) -> bytes:

@@ -78,10 +78,10 @@ class KMeansQuantize(ImageFilter.MultibandFilter):
             quantizer = KMeansQuantizer.from_palette(self.palette)
         else:
             counts = np.bincount(indices.reshape(-1), minlength=palette.shape[0])[: palette.shape[0]]
-            shown = counts * (table[:, 3] > 0) if table.shape[1] == 4 else counts
-            lossless = np.unique(palette[counts > 0], axis=0).shape[0] <= self.k
-            if shown.any() and not lossless:  # learned from the entries that show, as for RGBA (quantize.py)
-                counts = shown
+            if table.shape[1] == 4:  # learned from the entries that show, as for RGBA (quantize.py), unless
+                shown = counts * (table[:, 3] > 0)  # k holds every colour used: that stays lossless
+                if shown.any() and np.unique(palette[counts > 0], axis=0).shape[0] > self.k:
+                    counts = shown
             quantizer = KMeansQuantizer(self.k, self.mode, seed=self.seed).fit(entries, sample_weight=counts[None, :])
         new_palette = np.hstack([quantizer.transform(entries)[0], table[:, 3:]])
         out = Image.frombytes("P", img.size, np.ascontiguousarray(indices).tobytes())

@@ -91,10 +91,7 @@ class KqImageFile(ImageFile.ImageFile):
             raise RuntimeError("verify must be called directly after open")
         header = self.kq_header
         self.fp.seek(header.header_length)
-        left = bytes_left(self.fp)
-        if left is not None and left > header.payload_length:
-            raise KqFormatError(f"{left - header.payload_length} unexpected bytes after the payload CRC")
-        split_payload(header, read_at_most(self.fp, header.payload_length + 1))
+        split_payload(header, _read_payload(self.fp, header))
         if self._exclusive_fp:
             self.fp.close()
         self.fp = None
@@ -134,6 +131,15 @@ class KqImageFile(ImageFile.ImageFile):
             self._kq_palette = None
 
 
+def _read_payload(fp: IO[bytes], header: KqHeader) -> bytes:
+    """The payload from ``fp``'s position: at most one byte past it is read, so bytes after it are counted
+    first (``KqFormatError`` naming how many); a short result means a truncated file, left to the caller."""
+    left = bytes_left(fp)
+    if left is not None and left > header.payload_length:
+        raise KqFormatError(f"{left - header.payload_length} unexpected bytes after the payload CRC")
+    return read_at_most(fp, header.payload_length + 1)
+
+
 class KqDecoder(ImageFile.PyDecoder):
     """Reads the whole payload (streams + CRC) from the file, checks it and fills the image."""
 
@@ -142,10 +148,7 @@ class KqDecoder(ImageFile.PyDecoder):
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
         header, owner = self.args
         assert self.fd is not None
-        left = bytes_left(self.fd)
-        if left is not None and left > header.payload_length:  # (only one byte past the payload is read)
-            raise KqFormatError(f"{left - header.payload_length} unexpected bytes after the payload CRC")
-        payload = read_at_most(self.fd, header.payload_length + 1)
+        payload = _read_payload(self.fd, header)
         if len(payload) < header.payload_length:
             if ImageFile.LOAD_TRUNCATED_IMAGES:
                 return -1, 0
